@@ -1,0 +1,109 @@
+"""`seq2seq train`: resolve the settings (defaults < --config < flags), then hand over to the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.console import err, say, user_errors
+
+# The embedded default: CMUdict grapheme-to-phoneme, shipped in the checkout's data/ folder.
+PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
+DEFAULT_RECIPE = PROJECT_DATA / "recipes" / "cmudict.toml"
+DEFAULT_CORPUS = {
+    "data.source": "cmudict/train.letters.gz",
+    "data.target": "cmudict/train.phones.gz",
+    "data.valid_source": "cmudict/valid.letters.gz",
+    "data.valid_target": "cmudict/valid.phones.gz",
+}
+DEFAULT_OUTPUT = Path("runs/cmudict")
+
+EPILOG = """\
+\b
+Examples:
+  seq2seq train                                   # the embedded CMUdict letters->phonemes corpus
+  seq2seq train --source train.de.gz --target train.en.gz \\
+      --valid-source val.de.gz --valid-target val.en.gz --output runs/de-en --max-time 30
+  seq2seq train --config data/recipes/multi30k.toml --source ... --output runs/de-en
+  seq2seq train --config my.toml --set model.dropout=0.2 --print-config
+
+Every setting lives in the config tree (see --print-config); flags and --set override the file.
+The best checkpoint's path is printed on stdout when training ends."""
+
+Opt = typer.Option
+
+
+def train(
+    source: Annotated[str | None, Opt(help="Training source file (plain or .gz, one sentence a line).", rich_help_panel="Data")] = None,
+    target: Annotated[str | None, Opt(help="Training target file, parallel to --source.", rich_help_panel="Data")] = None,
+    valid_source: Annotated[str | None, Opt(help="Validation source file.", rich_help_panel="Data")] = None,
+    valid_target: Annotated[str | None, Opt(help="Validation target file (the BLEU reference).", rich_help_panel="Data")] = None,
+    output: Annotated[Path | None, Opt("--output", "-o", help="Run folder for checkpoints, metrics and config.", rich_help_panel="Data")] = None,
+    config_file: Annotated[Path | None, Opt("--config", "-c", help="Settings file (TOML, or YAML with PyYAML).", rich_help_panel="Settings")] = None,
+    overrides: Annotated[list[str] | None, Opt("--set", metavar="SECTION.KEY=VALUE", help="Override any setting; repeatable.", rich_help_panel="Settings")] = None,
+    vocab_size: Annotated[int | None, Opt(help="SentencePiece vocabulary size.", rich_help_panel="Tokenizer")] = None,
+    tokenizer_type: Annotated[str | None, Opt(help="unigram, bpe, char or word.", rich_help_panel="Tokenizer")] = None,
+    separate_vocab: Annotated[bool | None, Opt("--separate-vocab/--joint-vocab", help="One tokenizer per side, or one joint one.", show_default=False, rich_help_panel="Tokenizer")] = None,
+    emb_dim: Annotated[int | None, Opt(help="Embedding size.", rich_help_panel="Model")] = None,
+    hidden_dim: Annotated[int | None, Opt(help="Decoder LSTM size (the encoder's two directions share it).", rich_help_panel="Model")] = None,
+    layers: Annotated[int | None, Opt(help="LSTM layers in encoder and decoder.", rich_help_panel="Model")] = None,
+    batch_tokens: Annotated[int | None, Opt(help="Token budget per batch (padded source + target).", rich_help_panel="Training")] = None,
+    max_steps: Annotated[int | None, Opt(help="Stop after this many updates (0 = no limit).", rich_help_panel="Training")] = None,
+    max_time: Annotated[float | None, Opt(help="Stop after this many minutes (0 = no limit).", rich_help_panel="Training")] = None,
+    valid_every: Annotated[int | None, Opt(help="Validate every N updates.", rich_help_panel="Training")] = None,
+    seed: Annotated[int | None, Opt(help="Random seed (weights, batch order, dropout).", rich_help_panel="Training")] = None,
+    print_config: Annotated[bool, Opt("--print-config", help="Print the resolved settings as TOML and exit.")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --output.")] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="Print errors only.")] = False,
+) -> None:
+    """Train SentencePiece and an attention LSTM on parallel text; keep best.pt and last.pt."""
+    from seq2seq import config as configuration
+    from seq2seq.errors import ConfigError
+
+    with user_errors():
+        flags = {
+            "data.source": source, "data.target": target,
+            "data.valid_source": valid_source, "data.valid_target": valid_target,
+            "tokenizer.vocab_size": vocab_size, "tokenizer.model_type": tokenizer_type,
+            "tokenizer.joint": None if separate_vocab is None else not separate_vocab,
+            "model.emb_dim": emb_dim, "model.hidden_dim": hidden_dim, "model.layers": layers,
+            "train.batch_tokens": batch_tokens, "train.max_steps": max_steps, "train.max_time": max_time,
+            "train.valid_every": valid_every, "train.seed": seed,
+        }
+        chosen: dict[str, Any] = dict(configuration.parse_override(text) for text in overrides or [])
+        chosen.update({key: value for key, value in flags.items() if value is not None})
+        use_default = config_file is None and not any(key.startswith("data.") for key in chosen)
+        if use_default:
+            config_file = DEFAULT_RECIPE
+            chosen = {key: str(PROJECT_DATA / path) for key, path in DEFAULT_CORPUS.items()} | chosen
+            if not DEFAULT_RECIPE.is_file():
+                raise ConfigError(f"the embedded default corpus lives in the source checkout ({PROJECT_DATA}); "
+                                  "run from a checkout or give --source/--target/--valid-source/--valid-target")
+        cfg = configuration.resolve(config_file, chosen)
+        if print_config:
+            sys.stdout.write(configuration.to_toml(cfg))
+            return
+        if output is None:
+            if not use_default:
+                raise ConfigError("--output is required when training on your own data")
+            output = DEFAULT_OUTPUT
+        from cli.progress import TrainingReporter
+        from seq2seq.training import train as run_training
+
+        if not quiet:
+            say(f"training on {cfg.data.source} -> {cfg.data.target}; run folder {output}")
+        with TrainingReporter(cfg.train, quiet=quiet) as reporter:
+            try:
+                finished = run_training(cfg, output, report=reporter, overwrite=overwrite)
+            except KeyboardInterrupt:
+                reporter.stop()
+                err.print(f"interrupted; checkpoints written so far are in {output}")
+                raise typer.Exit(130) from None
+        sys.stdout.write(f"{finished.best_path}\n")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog=EPILOG, no_args_is_help=False)(train)

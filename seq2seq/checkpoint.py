@@ -1,0 +1,96 @@
+"""One self-contained model file: config, tokenizer model(s) and weights (and, for resuming, training state).
+
+Everything inside is a tensor or a plain value (dict, list, str, bytes, int, float, bool, None), so
+the file loads with `torch.load(weights_only=True)`: opening a model never runs code from it.
+Files are written atomically, so a crash mid-save leaves the previous file as it was.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from seq2seq import __version__
+from seq2seq.config import Config, from_dict, to_dict
+from seq2seq.errors import CheckpointError, ConfigError
+from seq2seq.model import Seq2Seq
+from seq2seq.textio import atomic_write
+from seq2seq.tokenizer import Tokenizer, Tokenizers
+
+FORMAT = "seq2seq-checkpoint"
+FORMAT_VERSION = 1
+
+
+class Checkpoint(NamedTuple):
+    config: Config
+    tokenizers: Tokenizers
+    model: Seq2Seq
+    step: int
+    info: dict[str, Any]       # plain facts about the run: validation scores, versions, ...
+    training: dict[str, Any]   # what resuming needs (optimizer, data position, RNG); empty if absent
+
+
+def build_model(config: Config, tokenizers: Tokenizers) -> Seq2Seq:
+    return Seq2Seq.from_config(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
+
+
+def save(
+    path: str | Path, *, config: Config, tokenizers: Tokenizers, model: Seq2Seq, step: int,
+    info: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
+) -> None:
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": to_dict(config),
+        "tokenizers": {"src": tokenizers.src.model_proto, "tgt": None if tokenizers.joint else tokenizers.tgt.model_proto},
+        "model": model.state_dict(),
+        "step": step,
+        "info": {"seq2seq": __version__, "torch": version("torch"), **(info or {})},
+        "training": training or {},
+    }
+    with atomic_write(path, binary=True) as file:
+        torch.save(payload, file)
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Load a checkpoint without executing anything in it; every failure is one clear CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        # `save` always writes torch's zip format; anything else (a text file, a truncated file) would reach
+        # torch's legacy unpickler, whose errors (KeyError, "weights only load failed") say nothing useful.
+        raise CheckpointError(f"{path}: not a seq2seq checkpoint (not a PyTorch zip archive: another kind of file, or truncated)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
+        raise CheckpointError(f"{path}: refused: it holds more than weights and plain values ({first_line})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as error:
+        raise CheckpointError(f"{path}: not a readable seq2seq checkpoint (truncated or corrupt: {error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a seq2seq checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {payload.get('format_version')} is not supported "
+            f"(this seq2seq reads version {FORMAT_VERSION})"
+        )
+    try:
+        config = from_dict(payload["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: its config is invalid ({error})") from None
+    src = Tokenizer(payload["tokenizers"]["src"])
+    tgt = src if payload["tokenizers"]["tgt"] is None else Tokenizer(payload["tokenizers"]["tgt"])
+    tokenizers = Tokenizers(src, tgt)
+    model = build_model(config, tokenizers)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit its config ({str(error).splitlines()[0]})") from None
+    model.eval()
+    return Checkpoint(config, tokenizers, model, payload["step"], payload["info"], payload["training"])

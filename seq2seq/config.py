@@ -1,0 +1,221 @@
+"""One typed configuration tree, saved whole in every checkpoint and in every run folder.
+
+Settings come from three layers, later ones winning: the defaults below, a config file
+(TOML, or YAML when PyYAML is installed) and dotted overrides such as `model.hidden_dim=256`
+(which is what the CLI's flags turn into). Loading is strict: an unknown key or a value of
+the wrong type is a ConfigError naming the dotted path, never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seq2seq.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str | None = None          # training source file (plain or .gz, one sentence a line)
+    target: str | None = None          # training target file, parallel to `source`
+    valid_source: str | None = None    # validation source file
+    valid_target: str | None = None    # validation target file (the BLEU reference)
+    max_length: int = 100              # training pairs with a side longer than this (in pieces) are skipped
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 8000             # pieces per SentencePiece model (a soft limit for char/word)
+    model_type: str = "unigram"        # unigram | bpe | char | word
+    target_model_type: str | None = None  # the target side's type when not joint (unset = model_type)
+    joint: bool = True                 # one model for both sides; false: one per side
+    character_coverage: float = 1.0    # share of characters the model must cover
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    emb_dim: int = 256                 # token embedding size (source and target)
+    hidden_dim: int = 512              # decoder LSTM size; the encoder's two directions share it
+    layers: int = 1                    # stacked LSTM layers in encoder and decoder
+    attention: str = "bahdanau"        # bahdanau (MLP) | luong-dot | luong-general
+    input_feeding: bool = True         # feed the previous attentional vector into the next step
+    dropout: float = 0.3               # on embeddings, between layers and before the output layer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1                      # seeds weights, batch order and dropout
+    lr: float = 0.001                  # Adam learning rate
+    clip_norm: float = 1.0             # gradients are rescaled to this global L2 norm when above it
+    label_smoothing: float = 0.1       # mass spread over the vocabulary in the training loss
+    batch_tokens: int = 4000           # token budget per batch (padded source + target positions)
+    max_steps: int = 20000             # stop after this many updates (0 = no limit)
+    max_time: float = 0.0              # stop after this many minutes of wall clock (0 = no limit)
+    valid_every: int = 500             # validate (loss, perplexity, greedy BLEU) every N updates
+    log_every: int = 50                # report loss, gradient norm and speed every N updates
+    threads: int = 0                   # torch intra-op threads (0 = torch's choice)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    beam_size: int = 5                 # hypotheses kept per sentence; 1 = greedy
+    batch_size: int = 64               # sentences translated together
+    length_penalty: float = 1.0        # GNMT alpha: score / ((5 + len) / 6) ** alpha; 0 = off
+    length_norm: bool = False          # rank by score / length instead (overrides length_penalty)
+    max_length_ratio: float = 2.0      # a hypothesis ends by ratio * source length + constant
+    max_length_constant: int = 10
+    min_length: int = 0                # no EOS before this many target pieces
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def validate(self) -> Config:
+        """Refuse settings no run could use, before any work starts."""
+        checks = [
+            (self.tokenizer.model_type in TOKENIZER_TYPES and self.tokenizer.target_model_type in (None, *TOKENIZER_TYPES),
+             "tokenizer.model_type and tokenizer.target_model_type must be unigram, bpe, char or word"),
+            (self.tokenizer.target_model_type is None or not self.tokenizer.joint,
+             "tokenizer.target_model_type needs separate tokenizers (tokenizer.joint = false)"),
+            (self.tokenizer.vocab_size >= 8, "tokenizer.vocab_size must be at least 8"),
+            (self.model.attention in ("bahdanau", "luong-dot", "luong-general"),
+             "model.attention must be bahdanau, luong-dot or luong-general"),
+            (self.model.hidden_dim % 2 == 0, "model.hidden_dim must be even (the encoder splits it in two)"),
+            (min(self.model.emb_dim, self.model.hidden_dim, self.model.layers) > 0,
+             "model sizes must be positive"),
+            (0.0 <= self.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+            (0.0 <= self.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
+            (self.train.batch_tokens > 0, "train.batch_tokens must be positive"),
+            (self.train.valid_every > 0 and self.train.log_every > 0, "train.valid_every and train.log_every must be positive"),
+            (self.search.beam_size >= 1 and self.search.batch_size >= 1, "search.beam_size and search.batch_size must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """Plain nested dict (str/int/float/bool/None only): safe for weights-only checkpoints."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Build a Config from nested plain values, refusing unknown keys and wrong types."""
+    unknown = set(values) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown config section '{sorted(unknown)[0]}' (known: {', '.join(SECTIONS)})")
+    sections = {}
+    for name in SECTIONS:
+        cls = type(getattr(Config(), name))
+        given = values.get(name, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"config section '{name}' must be a table of settings")
+        hints = typing.get_type_hints(cls)
+        for key, value in given.items():
+            if key not in hints:
+                raise ConfigError(f"unknown setting '{name}.{key}' (known: {', '.join(hints)})")
+            given = {**given, key: _coerce(value, hints[key], f"{name}.{key}")}
+        sections[name] = cls(**given)
+    return Config(**sections).validate()
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a value against a field's type; ints are accepted where floats are expected."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is not float and isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return value
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise ConfigError(f"setting '{where}' must be {names}, got {value!r}")
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (or, with PyYAML installed, YAML) config file into nested plain values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{path}: YAML configs need PyYAML (pip install 'seq2seq[yaml]'), or use TOML") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    else:
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected sections of settings at the top level")
+    return values
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value` -> ("section.key", value), the value read as a TOML literal when it is one."""
+    key, sep, raw = text.partition("=")
+    if not sep or key.count(".") != 1:
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. model.hidden_dim=256")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string: model.attention=luong-dot
+    return key.strip(), value
+
+
+def resolve(file: str | Path | None = None, overrides: dict[str, Any] | None = None, base: Config | None = None) -> Config:
+    """Defaults (or `base`) < config file < overrides, as one validated Config."""
+    values = to_dict(base or Config())
+    layers = [load_file(file)] if file else []
+    layers.append(_nest(overrides or {}))
+    for layer in layers:
+        for section, settings in layer.items():
+            if not isinstance(settings, dict):
+                raise ConfigError(f"config section '{section}' must be a table of settings")
+            values.setdefault(section, {}).update(settings)
+    return from_dict(values)
+
+
+def _nest(dotted: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in dotted.items():
+        section, _, name = key.partition(".")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as TOML; unset (None) settings are written as comments."""
+    lines = []
+    for section, settings in to_dict(config).items():
+        lines.append(f"[{section}]")
+        for key, value in settings.items():
+            if value is None:
+                lines.append(f"# {key} = (unset)")
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""Text in and out the way users expect: UTF-8 lines, plain or gzipped, errors that say file:line.
+
+Lines are split on b"\\n" only (never `str.splitlines`, which also splits on U+2028 and friends),
+one trailing "\\r" is dropped (CRLF files are accepted) and a BOM at the start of a file is removed,
+so line numbers always agree with `wc -l` and `sed -n Np`. Files are written atomically: to a
+temporary file in the same folder, fsynced, then renamed into place, so a half-written file never
+carries the final name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from seq2seq.errors import DataError
+
+GZIP_MAGIC = b"\x1f\x8b"
+STDIO = "-"
+
+
+def display_name(path: str | Path) -> str:
+    return "<stdin>" if str(path) == STDIO else str(path)
+
+
+def _open_binary(path: str | Path) -> BinaryIO:
+    """Open a file for reading bytes, gunzipping it when it starts with the gzip magic."""
+    if str(path) == STDIO:
+        return sys.stdin.buffer
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a text file")
+    try:
+        raw = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    if raw.peek(2)[:2] == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def _decode(raw: bytes, name: str, number: int) -> str:
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if b"\0" in raw:
+        raise DataError(f"{name}:{number}: contains a NUL byte; {name} looks like a binary file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad = raw[error.start : error.start + 4]
+        raise DataError(f"{name}:{number}: invalid UTF-8 at byte {error.start + 1} ({bad!r})") from None
+    if number == 1 and text.startswith("\ufeff"):
+        text = text[1:]
+    return text
+
+
+def iter_lines(path: str | Path) -> Iterator[str]:
+    """Yield the lines of a UTF-8 text file (plain, gzipped or "-" for stdin), without line ends."""
+    name = display_name(path)
+    stream = _open_binary(path)
+    try:
+        for number, raw in enumerate(stream, start=1):
+            yield _decode(raw, name, number)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise DataError(f"{name}: corrupt gzip data ({error})") from None
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def read_lines(path: str | Path) -> list[str]:
+    return list(iter_lines(path))
+
+
+@contextmanager
+def atomic_write(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
+    """Write `path` all or nothing: a temporary sibling is fsynced and renamed over it on success.
+
+    On any failure (a full disk included) the temporary file is removed and the previous content
+    of `path`, if any, is left untouched.
+    """
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, cannot write a file there")
+    try:
+        handle, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise DataError(f"{path}: cannot write ({error.strerror})") from None
+    try:
+        mode = "wb" if binary else "w"
+        with os.fdopen(handle, mode, **({} if binary else {"encoding": "utf-8", "newline": "\n"})) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    except BaseException as error:
+        Path(temp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise DataError(f"{path}: could not be written ({error.strerror}); its previous content is intact") from None
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); harmless where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

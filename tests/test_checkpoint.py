@@ -1,0 +1,202 @@
+"""A model file is self-contained, loads without running code, and every bad file is one CheckpointError."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq import checkpoint
+from seq2seq.config import Config, ModelConfig, SearchConfig, TokenizerConfig
+from seq2seq.errors import CheckpointError
+from seq2seq.tokenizer import Tokenizers, train_tokenizers
+from seq2seq.translation import translate
+
+CONFIG = Config(
+    tokenizer=TokenizerConfig(vocab_size=80),
+    model=ModelConfig(emb_dim=16, hidden_dim=32, layers=2, attention="luong-general", dropout=0.1),
+)
+
+
+class CreatesAFile:
+    """Unpickling this calls open(path, "w"): a stand-in for a model file that runs code when loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def trained_like_model(config: Config, tokenizers: Tokenizers, seed: int = 0):
+    """A model with seeded, wide weights, so its translations are far from ties."""
+    torch.manual_seed(seed)
+    model = checkpoint.build_model(config, tokenizers)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def all_translations(model, tokenizers: Tokenizers, lines: list[str], search: SearchConfig) -> list[list[tuple]]:
+    found = translate(model, tokenizers, lines, search, nbest=search.beam_size)
+    return [[(t.text, t.tokens, round(t.score, 4)) for t in nbest] for nbest in found]
+
+
+@pytest.fixture
+def saved(tmp_path: Path, tokenizers: Tokenizers):
+    model = trained_like_model(CONFIG, tokenizers)
+    path = tmp_path / "model.pt"
+    checkpoint.save(path, config=CONFIG, tokenizers=tokenizers, model=model, step=123, info={"valid_bleu": 1.5})
+    return path, model
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_a_loaded_model_translates_exactly_like_the_saved_one(saved, tokenizers: Tokenizers, corpus, beam_size: int) -> None:
+    path, model = saved
+    lines = corpus[0][:12] + [""]
+    search = SearchConfig(beam_size=beam_size)
+
+    loaded = checkpoint.load(path)
+
+    before = all_translations(model, tokenizers, lines, search)
+    assert all_translations(loaded.model, loaded.tokenizers, lines, search) == before
+
+
+def test_a_loaded_checkpoint_carries_config_step_info_and_weights(saved, tokenizers: Tokenizers) -> None:
+    path, model = saved
+
+    loaded = checkpoint.load(path)
+
+    assert loaded.config == CONFIG
+    assert loaded.step == 123
+    assert loaded.info["valid_bleu"] == 1.5 and "torch" in loaded.info
+    assert loaded.training == {}
+    assert loaded.tokenizers.joint
+    assert loaded.tokenizers.src.model_proto == tokenizers.src.model_proto
+    assert not loaded.model.training, "a loaded model is ready to translate (eval mode)"
+    saved_weights, loaded_weights = model.state_dict(), loaded.model.state_dict()
+    assert saved_weights.keys() == loaded_weights.keys()
+    assert all(torch.equal(saved_weights[name], loaded_weights[name]) for name in saved_weights)
+
+
+def test_separate_tokenizers_travel_separately(tmp_path: Path, corpus) -> None:
+    config = dataclasses.replace(CONFIG, tokenizer=TokenizerConfig(vocab_size=60, joint=False))
+    tokenizers = train_tokenizers(corpus[0], corpus[1], config.tokenizer)
+    path = tmp_path / "model.pt"
+    checkpoint.save(path, config=config, tokenizers=tokenizers, model=trained_like_model(config, tokenizers), step=1)
+
+    loaded = checkpoint.load(path).tokenizers
+
+    assert not loaded.joint
+    assert loaded.src.model_proto == tokenizers.src.model_proto
+    assert loaded.tgt.model_proto == tokenizers.tgt.model_proto
+
+
+def test_the_file_holds_only_weights_and_plain_values(saved) -> None:
+    path, _ = saved
+    payload = torch.load(path, weights_only=True)  # what `load` does; raises if anything else were inside
+    assert payload["format"] == checkpoint.FORMAT
+
+
+def test_a_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "created-by-unpickling"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": checkpoint.FORMAT, "payload": CreatesAFile(target)}, path)
+
+    # the file is live: a plain unpickler would create the target
+    torch.load(path, weights_only=False)["payload"].close()
+    assert target.exists()
+    target.unlink()
+
+    with pytest.raises(CheckpointError, match="refused"):
+        checkpoint.load(path)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.1, 0.5, 0.99])
+def test_a_truncated_file_is_a_checkpoint_error(saved, tmp_path: Path, keep: float) -> None:
+    path, _ = saved
+    data = path.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: int(len(data) * keep)])
+
+    with pytest.raises(CheckpointError, match=re.escape(str(cut))):
+        checkpoint.load(cut)
+
+
+def test_a_file_missing_its_last_byte_is_a_checkpoint_error(saved, tmp_path: Path) -> None:
+    path, _ = saved
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(CheckpointError):
+        checkpoint.load(cut)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"hello world\nthis is a text file\n", b"abc\n", b"x", b"{}", b"0.5 1 2\n", b"\x89PNG\r\n\x1a\n\x00\x00"],
+    ids=["text", "short-text", "one-letter", "json", "numbers", "png-header"],
+)
+def test_a_file_that_is_not_a_checkpoint_is_a_checkpoint_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "notes.pt"
+    path.write_bytes(content)
+
+    with pytest.raises(CheckpointError, match="not a seq2seq checkpoint"):
+        checkpoint.load(path)
+
+
+def test_a_torch_file_of_something_else_is_not_a_seq2seq_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="not a seq2seq checkpoint"):
+        checkpoint.load(path)
+
+
+def test_a_checkpoint_whose_pickle_is_corrupt_is_a_checkpoint_error(saved, tmp_path: Path) -> None:
+    path, _ = saved
+    broken = tmp_path / "broken.pt"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(broken, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("/data.pkl"):
+                data = b"h\x65."  # a memo lookup that was never stored
+            target.writestr(item, data)
+
+    with pytest.raises(CheckpointError, match="not a readable seq2seq checkpoint"):
+        checkpoint.load(broken)
+
+
+def test_another_format_version_is_refused_naming_the_version(saved, tmp_path: Path) -> None:
+    path, _ = saved
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = checkpoint.FORMAT_VERSION + 1
+    newer = tmp_path / "newer.pt"
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    newer.write_bytes(buffer.getvalue())
+
+    with pytest.raises(CheckpointError, match=rf"version {checkpoint.FORMAT_VERSION + 1}"):
+        checkpoint.load(newer)
+
+
+def test_a_missing_file_is_a_checkpoint_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such model file"):
+        checkpoint.load(tmp_path / "absent.pt")
+
+
+def test_saving_over_a_checkpoint_replaces_it_whole(saved, tokenizers: Tokenizers) -> None:
+    path, _ = saved
+    other = trained_like_model(CONFIG, tokenizers, seed=1)
+    checkpoint.save(path, config=CONFIG, tokenizers=tokenizers, model=other, step=124)
+
+    loaded = checkpoint.load(path)
+
+    assert loaded.step == 124
+    assert torch.equal(loaded.model.out.weight, other.out.weight)
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "no temporary file is left behind"

@@ -1,0 +1,149 @@
+"""The command line end to end: train -> translate -> score on a tiny corpus, and the CLI's promises."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+WORDS = "the a cat dog sees likes small big red house tree man woman runs sleeps".split()
+SEQ2SEQ = [sys.executable, "-m", "seq2seq"]
+
+
+def _sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 7)))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A toy 'translation' task: the target is the source upper-cased and reversed word by word."""
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    for split, size in (("train", 300), ("valid", 20)):
+        sources = [_sentence(rng) for _ in range(size)]
+        (folder / f"{split}.src").write_text("".join(s + "\n" for s in sources))
+        (folder / f"{split}.tgt").write_text("".join(" ".join(reversed(s.upper().split())) + "\n" for s in sources))
+    return folder
+
+
+def _train_args(corpus: Path, output: Path) -> list[str]:
+    return ["train", "--source", str(corpus / "train.src"), "--target", str(corpus / "train.tgt"),
+            "--valid-source", str(corpus / "valid.src"), "--valid-target", str(corpus / "valid.tgt"),
+            "--output", str(output), "--vocab-size", "60", "--emb-dim", "16", "--hidden-dim", "32",
+            "--max-steps", "30", "--valid-every", "15", "--batch-tokens", "600", "-q"]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("run") / "toy"
+    result = runner.invoke(app, _train_args(corpus, output))
+    assert result.exit_code == 0, result.output
+    return output
+
+
+def test_training_writes_a_complete_run_folder(trained: Path) -> None:
+    assert {"config.toml", "metrics.jsonl", "best.pt", "last.pt"} <= {p.name for p in trained.iterdir()}
+    rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [15, 30]
+    assert all(row["bleu_signature"].startswith("nrefs:1|case:mixed") for row in rows)
+
+
+def test_training_prints_the_best_checkpoint_on_stdout(corpus: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, _train_args(corpus, tmp_path / "run"))
+    assert result.exit_code == 0
+    assert result.stdout.strip() == str(tmp_path / "run" / "best.pt")
+
+
+def test_training_into_an_existing_run_is_refused(corpus: Path, trained: Path) -> None:
+    result = runner.invoke(app, _train_args(corpus, trained))
+    assert result.exit_code == 2
+    assert "already holds a run" in result.stderr and "--overwrite" in result.stderr
+
+
+def test_translate_pipes_one_line_out_per_line_in(trained: Path, corpus: Path) -> None:
+    lines = ["the cat sees a dog", "", "small red house", "", "a man runs"]
+    done = subprocess.run([*SEQ2SEQ, "translate", "-m", str(trained / "best.pt"), "-q"], input="\n".join(lines) + "\n",
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.split("\n")[:-1]
+    assert len(out) == len(lines)
+    assert [line == "" for line in out][1::2] == [True, True]  # empty in, empty out
+    assert done.stderr == ""
+
+
+def test_translate_to_a_file_then_score_like_sacrebleu(trained: Path, corpus: Path, tmp_path: Path) -> None:
+    hyp = tmp_path / "hyp.txt"
+    result = runner.invoke(app, ["translate", "-m", str(trained / "best.pt"), "-i", str(corpus / "valid.src"),
+                                 "-o", str(hyp), "--beam-size", "3"])
+    assert result.exit_code == 0, result.output
+    assert len(hyp.read_text().splitlines()) == 20
+    ours = runner.invoke(app, ["score", str(corpus / "valid.tgt"), "-i", str(hyp), "-b", "-w", "4"])
+    theirs = subprocess.run([sys.executable, "-m", "sacrebleu", str(corpus / "valid.tgt"), "-i", str(hyp), "-b", "-w", "4"],
+                            capture_output=True, text=True)
+    assert ours.exit_code == 0 and ours.stdout == theirs.stdout
+
+
+def test_nbest_prints_moses_blocks(trained: Path) -> None:
+    result = runner.invoke(app, ["translate", "-m", str(trained / "best.pt"), "--nbest", "3", "--beam-size", "4", "-q"],
+                           input="the cat\nsmall house\n")
+    assert result.exit_code == 0, result.output
+    rows = [line.split(" ||| ") for line in result.stdout.splitlines()]
+    assert [row[0] for row in rows] == ["0", "0", "0", "1", "1", "1"]
+    assert all(float(row[2]) <= 0 for row in rows)
+
+
+def test_missing_model_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["translate", "-m", str(tmp_path / "nope.pt")], input="hello\n")
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0 and "nope.pt" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_mismatched_training_files_are_refused_before_training(corpus: Path, tmp_path: Path) -> None:
+    short = tmp_path / "short.tgt"
+    short.write_text("ONE\nTWO\n")
+    args = _train_args(corpus, tmp_path / "run")
+    args[args.index("--target") + 1] = str(short)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "train.src has 300 lines" in result.stderr and "short.tgt has 2" in result.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_print_config_shows_flags_over_the_file(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("[model]\nhidden_dim = 128\nemb_dim = 64\n")
+    result = runner.invoke(app, ["train", "--config", str(recipe), "--source", "s", "--emb-dim", "32",
+                                 "--set", "train.lr=0.01", "--print-config"])
+    assert result.exit_code == 0, result.output
+    assert "hidden_dim = 128" in result.stdout and "emb_dim = 32" in result.stdout and "lr = 0.01" in result.stdout
+
+
+def test_unknown_setting_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["train", "--set", "model.hidden=3", "--print-config"])
+    assert result.exit_code == 2
+    assert "model.hidden" in result.stderr
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    for command in ("train", "translate", "score"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "Examples" in result.stdout, command
+
+
+def test_version_names_the_libraries() -> None:
+    done = subprocess.run([*SEQ2SEQ, "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("seq2seq ") and "torch" in done.stdout
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys; from cli.main import app; assert 'torch' not in sys.modules, 'torch imported'"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

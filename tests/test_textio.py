@@ -1,0 +1,142 @@
+"""Text files are read as users expect (UTF-8 lines, plain or gzipped) and written all or nothing."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import pytest
+
+from seq2seq.errors import DataError
+from seq2seq.textio import atomic_write, read_lines
+
+LINES = ["first line", "zweite Zeile mit Umlauten: äöü", "", "第四行", "  spaces kept  "]
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_gzipped_and_plain_files_read_the_same(tmp_path: Path) -> None:
+    data = "\n".join(LINES).encode("utf-8") + b"\n"
+    plain = write_bytes(tmp_path / "text.txt", data)
+    zipped = write_bytes(tmp_path / "text.txt.gz", gzip.compress(data))
+
+    assert read_lines(plain) == LINES
+    assert read_lines(zipped) == LINES
+
+
+def test_gzip_is_recognised_by_content_not_by_name(tmp_path: Path) -> None:
+    data = "\n".join(LINES).encode("utf-8") + b"\n"
+    assert read_lines(write_bytes(tmp_path / "no_suffix", gzip.compress(data))) == LINES
+
+
+def test_a_last_line_without_newline_is_still_a_line(tmp_path: Path) -> None:
+    assert read_lines(write_bytes(tmp_path / "t.txt", b"one\ntwo")) == ["one", "two"]
+
+
+def test_crlf_line_ends_and_a_leading_bom_are_stripped(tmp_path: Path) -> None:
+    data = "\ufeff" + "\r\n".join(LINES) + "\r\n"
+    plain = write_bytes(tmp_path / "windows.txt", data.encode("utf-8"))
+    zipped = write_bytes(tmp_path / "windows.txt.gz", gzip.compress(data.encode("utf-8")))
+
+    assert read_lines(plain) == LINES
+    assert read_lines(zipped) == LINES
+
+
+def test_a_bom_after_the_first_line_is_content(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "t.txt", "a\n\ufeffb\n".encode("utf-8"))
+    assert read_lines(path) == ["a", "\ufeffb"]
+
+
+def test_lines_split_only_on_newline(tmp_path: Path) -> None:
+    # U+2028 (line separator), U+0085 (next line), form feed and a lone \r are characters inside a line:
+    # line numbers must agree with `wc -l` and with the other side of a parallel corpus.
+    inside = "a\u2028b\u0085c\x0cd\re"
+    path = write_bytes(tmp_path / "t.txt", f"{inside}\nnext\n".encode("utf-8"))
+
+    assert read_lines(path) == [inside, "next"]
+
+
+def test_invalid_utf8_error_names_file_and_line(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "latin1.txt", b"ok\nstill ok\ncaf\xe9\n")
+
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:3:.*UTF-8"):
+        read_lines(path)
+
+
+def test_invalid_utf8_in_a_gzipped_file_names_file_and_line(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "latin1.gz", gzip.compress(b"ok\ncaf\xe9\n"))
+
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:2:"):
+        read_lines(path)
+
+
+def test_a_nul_byte_says_the_file_looks_binary(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "model.bin", b"text\n\x00\x01\x02\n")
+
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:2:.*looks like a binary file"):
+        read_lines(path)
+
+
+def test_a_missing_file_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        read_lines(tmp_path / "missing.txt")
+
+
+def test_a_folder_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="is a folder"):
+        read_lines(tmp_path)
+
+
+def test_corrupt_gzip_data_is_a_data_error(tmp_path: Path) -> None:
+    data = gzip.compress(("many words in a line\n" * 200).encode("utf-8"))
+    path = write_bytes(tmp_path / "cut.gz", data[: len(data) // 2])
+
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: corrupt gzip"):
+        read_lines(path)
+
+
+def test_atomic_write_replaces_the_content_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "out.txt", b"old\n")
+
+    with atomic_write(path) as file:
+        file.write("new\n")
+
+    assert path.read_text(encoding="utf-8") == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_write_writes_newlines_as_lf_and_text_as_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "out.txt"
+    with atomic_write(path) as file:
+        file.write("ä\nb\n")
+    assert path.read_bytes() == "ä\nb\n".encode("utf-8")
+
+
+def test_atomic_write_leaves_the_old_content_when_the_body_raises(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "out.txt", b"old\n")
+
+    with pytest.raises(RuntimeError, match="disk on fire"), atomic_write(path) as file:
+        file.write("half of the new")
+        raise RuntimeError("disk on fire")
+
+    assert path.read_bytes() == b"old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_write_creates_nothing_when_the_first_write_fails(tmp_path: Path) -> None:
+    path = tmp_path / "new.bin"
+
+    with pytest.raises(KeyboardInterrupt), atomic_write(path, binary=True) as file:
+        file.write(b"\x00" * 10)
+        raise KeyboardInterrupt
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_into_a_missing_folder_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="cannot write"), atomic_write(tmp_path / "nowhere" / "out.txt"):
+        pass
