@@ -156,7 +156,7 @@ class Seq2Seq(nn.Module):
         # The first layer's input map runs over all steps in one matrix product.
         projected = self.cells[0].input_map(self.dropout(self.tgt_embed(tgt_in)))  # (batch, tgt_len, 4 * hidden)
         outputs = []
-        for t in range(tgt_in.size(1)):
-            attentional, state = self._step(projected[:, t], state, memory)
+        for projected_t in projected.unbind(1):  # unbind, not [:, t]: its backward does not refill the whole tensor per step
+            attentional, state = self._step(projected_t, state, memory)
             outputs.append(attentional)
         return self.out(torch.stack(outputs, dim=1))  # one product for the output layer, too
