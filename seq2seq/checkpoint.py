@@ -68,9 +68,10 @@ def load(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: not a seq2seq checkpoint (not a PyTorch zip archive: another kind of file, or truncated)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
-        raise CheckpointError(f"{path}: refused: it holds more than weights and plain values ({first_line})") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused: it holds objects other than weights and plain values, which could run code when loaded"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as error:
         raise CheckpointError(f"{path}: not a readable seq2seq checkpoint (truncated or corrupt: {error})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -81,16 +82,20 @@ def load(path: str | Path) -> Checkpoint:
             f"(this seq2seq reads version {FORMAT_VERSION})"
         )
     try:
-        config = from_dict(payload["config"])
+        return _unpack(payload)
     except ConfigError as error:
         raise CheckpointError(f"{path}: its config is invalid ({error})") from None
+    except (KeyError, TypeError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: incomplete or damaged checkpoint ({reason})") from None
+
+
+def _unpack(payload: dict[str, Any]) -> Checkpoint:
+    config = from_dict(payload["config"])
     src = Tokenizer(payload["tokenizers"]["src"])
     tgt = src if payload["tokenizers"]["tgt"] is None else Tokenizer(payload["tokenizers"]["tgt"])
     tokenizers = Tokenizers(src, tgt)
     model = build_model(config, tokenizers)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit its config ({str(error).splitlines()[0]})") from None
+    model.load_state_dict(payload["model"])
     model.eval()
     return Checkpoint(config, tokenizers, model, payload["step"], payload["info"], payload["training"])

@@ -58,12 +58,12 @@ def _constrain(
     log-probability, so scores stay the model's); a finished row's only continuation is EOS at
     no cost, so its score and length no longer change.
     """
-    vocab_ids = torch.arange(log_probs.size(-1))
+    vocab_ids = torch.arange(log_probs.size(-1), device=log_probs.device)
     if step < min_length:
         log_probs = log_probs.masked_fill(vocab_ids == eos_id, float("-inf"))
     at_limit = (step + 1 >= max_lens).unsqueeze(1)  # (rows, 1)
     log_probs = log_probs.masked_fill(at_limit & (vocab_ids != eos_id), float("-inf"))
-    frozen = torch.where(vocab_ids == eos_id, 0.0, float("-inf"))
+    frozen = torch.where(vocab_ids == eos_id, 0.0, float("-inf")).to(log_probs.dtype)
     return torch.where(finished.view(-1, 1), frozen, log_probs)
 
 
@@ -71,9 +71,10 @@ def greedy_search(
     step: StepFn, state: State, *, batch_size: int, bos_id: int, eos_id: int, max_lens: torch.Tensor, min_length: int = 0,
 ) -> list[Hypothesis]:
     """The most probable token at every step; one Hypothesis per sentence."""
-    tokens = torch.full((batch_size,), bos_id, dtype=torch.long)
-    scores = torch.zeros(batch_size)
-    finished = torch.zeros(batch_size, dtype=torch.bool)
+    device = max_lens.device
+    tokens = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)
+    scores = torch.zeros(batch_size, device=device)
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     history = []
     for t in range(int(max_lens.max())):
         log_probs, state = step(tokens, state)
@@ -102,13 +103,14 @@ def beam_search(
     rows = batch_size * beam_size
     state = repeat_rows(state, beam_size)
     max_lens = max_lens.repeat_interleave(beam_size)
-    tokens = torch.full((rows,), bos_id, dtype=torch.long)
-    scores = torch.full((batch_size, beam_size), float("-inf"))
+    device = max_lens.device
+    tokens = torch.full((rows,), bos_id, dtype=torch.long, device=device)
+    scores = torch.full((batch_size, beam_size), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start equal: expand only the first, or they would duplicate
-    lengths = torch.zeros(batch_size, beam_size)
-    finished = torch.zeros(batch_size, beam_size, dtype=torch.bool)
-    history = torch.empty(rows, 0, dtype=torch.long)
-    row_base = (torch.arange(batch_size) * beam_size).unsqueeze(1)  # (batch, 1)
+    lengths = torch.zeros(batch_size, beam_size, device=device)
+    finished = torch.zeros(batch_size, beam_size, dtype=torch.bool, device=device)
+    history = torch.empty(rows, 0, dtype=torch.long, device=device)
+    row_base = (torch.arange(batch_size, device=device) * beam_size).unsqueeze(1)  # (batch, 1)
     for t in range(int(max_lens.max())):
         log_probs, state = step(tokens, state)
         log_probs = _constrain(log_probs, t, max_lens=max_lens, min_length=min_length, eos_id=eos_id, finished=finished)
@@ -120,7 +122,8 @@ def beam_search(
         beam, tokens = flat // vocab, flat % vocab
         scores = candidates.view(batch_size, -1).gather(1, flat)
         lengths = grown.reshape(batch_size, -1).gather(1, flat)
-        finished = finished.gather(1, beam) | (tokens == eos_id)
+        # A beam with no finite score (fewer live candidates than beams) is dead: freeze it too.
+        finished = finished.gather(1, beam) | (tokens == eos_id) | scores.isneginf()
         source_rows = (row_base + beam).view(-1)
         state = reorder(state, source_rows)
         history = torch.cat([history[source_rows], tokens.view(-1, 1)], dim=1)

@@ -13,6 +13,7 @@ from seq2seq.config import TokenizerConfig
 from seq2seq.errors import DataError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPM_SEED = 1
 
 
 class Tokenizer:
@@ -28,6 +29,7 @@ class Tokenizer:
     def train(cls, lines: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
         """Train a model on `lines` in memory (no files): vocab_size is a soft limit for small corpora."""
         model = io.BytesIO()
+        spm.set_random_generator_seed(SPM_SEED)  # its sampling of large corpora is then repeatable
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=iter(lines),

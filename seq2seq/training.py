@@ -6,7 +6,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from seq2seq.config import Config, to_toml
 from seq2seq.data import Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.model import Seq2Seq
+from seq2seq.textio import atomic_write
 from seq2seq.tokenizer import PAD_ID, Tokenizers, train_tokenizers
 from seq2seq.translation import translate_all
 
@@ -88,7 +89,8 @@ def train(cfg: Config, out_dir: str | Path, *, report: Report = lambda event: No
         raise ConfigError("training needs data.source, data.target, data.valid_source and data.valid_target")
     out_dir = Path(out_dir)
     prepare_run_folder(out_dir, overwrite=overwrite)
-    (out_dir / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
+    with atomic_write(out_dir / "config.toml") as file:
+        file.write(to_toml(cfg))
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -207,15 +209,12 @@ def _validate(
             loss_sum += float(F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID, reduction="sum"))
             tokens += batch.tgt_tokens
     model.train()
-    greedy = cfg.search.__class__(**{**cfg.search.__dict__, "beam_size": 1})
-    hypotheses = translate_all(model, tokenizers, src_lines, greedy)
+    hypotheses = translate_all(model, tokenizers, src_lines, replace(cfg.search, beam_size=1))
     bleu, signature = metrics.bleu(hypotheses, tgt_lines)
     loss = loss_sum / max(tokens, 1)
     return Validated(step, loss, math.exp(min(loss, 50.0)), bleu, signature, bleu > best_bleu, elapsed)
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
-    from seq2seq.textio import atomic_write
-
     with atomic_write(path) as file:
         file.writelines(json.dumps(row) + "\n" for row in history)

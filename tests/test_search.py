@@ -20,8 +20,7 @@ from seq2seq.config import SearchConfig
 from seq2seq.data import pad
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Hypothesis, beam_search, greedy_search, reorder, repeat_rows
-from seq2seq.tokenizer import BOS_ID, EOS_ID
-from seq2seq.tokenizer import Tokenizers
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
 from seq2seq.translation import Translation, search_batch, translate
 
 A, B = 4, 5          # the two word ids of the table vocabulary: pad 0, unk 1, bos 2, eos 3, a 4, b 5
@@ -205,12 +204,12 @@ def test_beam_of_one_equals_greedy_token_for_token() -> None:
 
 
 def test_a_wide_beam_finds_the_best_sequence_of_brute_force_enumeration() -> None:
-    # 6 target ids (pad, unk, bos, eos and two words); a search may emit any id, and EOS ends it.
-    # max length 4 counts the EOS: every sequence of 0-3 non-EOS ids then EOS, 1 + 5 + 25 + 125 = 156
-    # of them. A beam of 160 never prunes any of them, so beam search is exact here.
+    # 6 target ids (pad, unk, bos, eos and two words); translation never emits pad or bos, and EOS
+    # ends a sequence. Max length 4 counts the EOS: every sequence of 0-3 ids from {unk, w1, w2} then
+    # EOS, 1 + 3 + 9 + 27 = 40 of them. A beam of 160 never prunes any, so beam search is exact here.
     model = random_model(seed=2, src_vocab=8, tgt_vocab=6)
     source = [4, 7, 5]
-    non_eos = [i for i in range(6) if i != EOS_ID]
+    non_eos = [i for i in range(6) if i not in (EOS_ID, PAD_ID, BOS_ID)]
     every = [list(seq) for n in range(4) for seq in itertools.product(non_eos, repeat=n)]
     scores = teacher_forced_scores(model, source, every)
     ranked = sorted(zip(scores, every), reverse=True)
