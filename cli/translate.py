@@ -74,7 +74,7 @@ def translate(
             with atomic_write(output_path) as file:
                 count, pieces = _write(results, file, nbest=nbest, scores=scores)
         seconds = time.perf_counter() - start
-        if not quiet:
+        if not quiet and not interactive:
             say(f"translated {count:,} lines ({pieces:,} target pieces) in {seconds:.1f} s: "
                 f"{count / max(seconds, 1e-9):,.1f} lines/s, beam {search.beam_size}")
 
