@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import NamedTuple
 
@@ -11,7 +11,7 @@ import torch
 from seq2seq.config import SearchConfig
 from seq2seq.data import pad
 from seq2seq.model import DecoderState, Memory, Seq2Seq
-from seq2seq.search import Hypothesis, beam_search, greedy_search, repeat_rows
+from seq2seq.search import Hypothesis, StepFn, beam_search, greedy_search, repeat_rows
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
 
 BARRED = torch.tensor([PAD_ID, BOS_ID])
@@ -32,14 +32,11 @@ def search_batch(model: Seq2Seq, sources: Sequence[Sequence[int]], search: Searc
     try:
         with torch.inference_mode():
             memory, state = model.encode(src, src_lens)
-            step = _never_pad_or_bos(model.decode_step)
             if search.beam_size == 1 and nbest == 1:
-                best = greedy_search(lambda tokens, st: step(tokens, st, memory), state,
-                                     batch_size=len(sources), bos_id=BOS_ID, eos_id=EOS_ID,
-                                     max_lens=max_lens, min_length=search.min_length)
+                best = greedy_search(_step_fn(model, memory), state, batch_size=len(sources), bos_id=BOS_ID,
+                                     eos_id=EOS_ID, max_lens=max_lens, min_length=search.min_length)
                 return [[hyp] for hyp in best]
-            beams = repeat_rows(memory, search.beam_size)
-            return beam_search(lambda tokens, st: step(tokens, st, beams), state,
+            return beam_search(_step_fn(model, repeat_rows(memory, search.beam_size)), state,
                                batch_size=len(sources), beam_size=search.beam_size, bos_id=BOS_ID, eos_id=EOS_ID,
                                max_lens=max_lens, min_length=search.min_length, alpha=search.length_penalty,
                                length_norm=search.length_norm, nbest=nbest)
@@ -47,11 +44,11 @@ def search_batch(model: Seq2Seq, sources: Sequence[Sequence[int]], search: Searc
         model.train(was_training)
 
 
-def _never_pad_or_bos(decode_step: Callable) -> Callable:
-    """Wrap the model's step so that search never emits padding or a second BOS."""
+def _step_fn(model: Seq2Seq, memory: Memory) -> StepFn:
+    """The search's view of the model: next-token log-probabilities; padding and BOS are never proposed."""
 
-    def step(tokens: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
-        log_probs, state = decode_step(tokens, state, memory)
+    def step(tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        log_probs, state = model.decode_step(tokens, state, memory)
         return log_probs.index_fill(1, BARRED.to(log_probs.device), float("-inf")), state
 
     return step
