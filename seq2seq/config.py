@@ -127,11 +127,10 @@ def from_dict(values: dict[str, Any]) -> Config:
         if not isinstance(given, dict):
             raise ConfigError(f"config section '{name}' must be a table of settings")
         hints = typing.get_type_hints(cls)
-        for key, value in given.items():
-            if key not in hints:
-                raise ConfigError(f"unknown setting '{name}.{key}' (known: {', '.join(hints)})")
-            given = {**given, key: _coerce(value, hints[key], f"{name}.{key}")}
-        sections[name] = cls(**given)
+        unknown_keys = [key for key in given if key not in hints]
+        if unknown_keys:
+            raise ConfigError(f"unknown setting '{name}.{unknown_keys[0]}' (known: {', '.join(hints)})")
+        sections[name] = cls(**{key: _coerce(value, hints[key], f"{name}.{key}") for key, value in given.items()})
     return Config(**sections).validate()
 
 
