@@ -36,9 +36,9 @@ def root(
 
 
 def _register() -> None:
-    from cli import score, train, translate
+    from cli import info, plot, score, train, translate
 
-    for module in (train, translate, score):
+    for module in (train, translate, score, info, plot):
         module.register(app)
 
 

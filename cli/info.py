@@ -1,0 +1,101 @@
+"""`seq2seq info`: what a model file holds, read without translating anything."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cli.console import user_errors
+
+if TYPE_CHECKING:
+    from seq2seq.checkpoint import Checkpoint
+
+EPILOG = """\
+\b
+Examples:
+  seq2seq info runs/de-en/best.pt
+  seq2seq info runs/de-en/best.pt --json | jq .info.valid_bleu
+
+The validation scores are those measured at the checkpoint's step (for best.pt, the best BLEU)."""
+
+
+def info(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", show_default=False, help="Checkpoint (.pt) written by `seq2seq train`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
+) -> None:
+    """Show a model file's settings, vocabularies, size, training step, validation scores and versions."""
+    with user_errors():
+        from seq2seq import checkpoint
+        from seq2seq.config import to_toml
+
+        loaded = checkpoint.load(model)
+        facts = _facts(model, loaded)
+        if as_json:
+            typer.echo(json.dumps(facts, indent=2))
+        else:
+            _render(facts, to_toml(loaded.config))
+
+
+def _facts(path: Path, loaded: Checkpoint) -> dict[str, Any]:
+    """Everything `info` shows, as plain values: the --json output. `info` is the checkpoint's own record, as saved."""
+    from seq2seq.config import to_dict
+
+    tokenizers = loaded.tokenizers
+    return {
+        "model": str(path),
+        "step": loaded.step,
+        "parameters": sum(param.numel() for param in loaded.model.parameters()),
+        "vocabulary": {"source": tokenizers.src.vocab_size, "target": tokenizers.tgt.vocab_size, "joint": tokenizers.joint},
+        "training_state": bool(loaded.training),
+        "info": loaded.info,
+        "config": to_dict(loaded.config),
+    }
+
+
+def _render(facts: dict[str, Any], config_toml: str) -> None:
+    """Aligned "label  value" lines, then the resolved config; plain text when stdout is not a terminal."""
+    from rich.console import Console
+    from rich.rule import Rule
+    from rich.syntax import Syntax
+    from rich.text import Text
+
+    rows = _rows(facts)
+    width = max(len(label) for label, _ in rows) + 2
+    console = Console(highlight=False, soft_wrap=True)  # soft wrap: a long path or signature stays one line
+    for label, value in rows:
+        console.print(Text.assemble((label.ljust(width), "bold"), value))
+    console.print(Rule("config (resolved)", style="dim"))
+    console.print(Syntax(config_toml.rstrip(), "toml", background_color="default"))
+
+
+def _rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) lines of the summary; info keys this version does not know are listed as they are."""
+    record = dict(facts["info"])
+    vocab = facts["vocabulary"]
+    rows = [
+        ("model file", facts["model"]),
+        ("training step", f"{facts['step']:,}"),
+        ("parameters", f"{facts['parameters']:,}"),
+        ("vocabulary", f"{vocab['source']:,} pieces, joint" if vocab["joint"]
+         else f"{vocab['source']:,} source pieces, {vocab['target']:,} target pieces"),
+    ]
+    if "valid_bleu" in record:
+        rows.append(("validation BLEU", f"{record.pop('valid_bleu'):.2f}"))
+    if "bleu_signature" in record:
+        rows.append(("BLEU signature", record.pop("bleu_signature")))
+    if "valid_loss" in record:
+        loss = record.pop("valid_loss")
+        rows.append(("validation loss", f"{loss:.4f} per token (perplexity {math.exp(min(loss, 50.0)):.2f})"))
+    made_with = ", ".join(f"{name} {record.pop(name)}" for name in ("seq2seq", "torch") if name in record)
+    rows.append(("made with", made_with or "unknown"))
+    rows += [(key.replace("_", " "), str(value)) for key, value in record.items()]
+    rows.append(("training state", "included (a run can resume from this file)" if facts["training_state"] else "none (weights only)"))
+    return rows
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info", epilog=EPILOG, no_args_is_help=True)(info)
