@@ -40,12 +40,18 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    cell: str = "lstm"                 # lstm | gru | rnn (the plain tanh RNN), in encoder and decoder
     emb_dim: int = 256                 # token embedding size (source and target)
-    hidden_dim: int = 512              # decoder LSTM size; the encoder's two directions share it
-    layers: int = 1                    # stacked LSTM layers in encoder and decoder
-    attention: str = "bahdanau"        # bahdanau (MLP) | luong-dot | luong-general
+    hidden_dim: int = 512              # decoder state size; a bidirectional encoder's two directions share it
+    layers: int = 1                    # stacked recurrent layers in encoder and decoder
+    bidirectional: bool = True         # read the source both ways
+    attention: str = "bahdanau"        # bahdanau (MLP) | luong-dot | luong-general | none
     input_feeding: bool = True         # feed the previous attentional vector into the next step
-    dropout: float = 0.3               # on embeddings, between layers and before the output layer
+    decoder_init: str = "bridge"       # bridge: tanh(W [final states]) | last: the final states as they are | zeros
+    tie_output: bool = False           # the output layer reuses the target embeddings (projected when sizes differ)
+    embedding_dropout: float = 0.3     # on source and target embeddings
+    layer_dropout: float = 0.3         # between stacked layers
+    output_dropout: float = 0.3        # on the attentional vector, before the output layer
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class TrainConfig:
     max_time: float = 0.0              # stop after this many minutes of wall clock (0 = no limit)
     valid_every: int = 500             # validate (loss, perplexity, greedy BLEU) every N updates
     log_every: int = 50                # report loss, gradient norm and speed every N updates
+    max_nonfinite: int = 5             # stop after this many updates in a row skipped for a NaN/inf loss or gradient
     threads: int = 0                   # torch intra-op threads (0 = torch's choice)
 
 
@@ -89,15 +96,20 @@ class Config:
             (self.tokenizer.target_model_type is None or not self.tokenizer.joint,
              "tokenizer.target_model_type needs separate tokenizers (tokenizer.joint = false)"),
             (self.tokenizer.vocab_size >= 8, "tokenizer.vocab_size must be at least 8"),
-            (self.model.attention in ("bahdanau", "luong-dot", "luong-general"),
-             "model.attention must be bahdanau, luong-dot or luong-general"),
-            (self.model.hidden_dim % 2 == 0, "model.hidden_dim must be even (the encoder splits it in two)"),
+            (self.model.cell in ("lstm", "gru", "rnn"), "model.cell must be lstm, gru or rnn"),
+            (self.model.attention in ("bahdanau", "luong-dot", "luong-general", "none"),
+             "model.attention must be bahdanau, luong-dot, luong-general or none"),
+            (self.model.decoder_init in ("bridge", "last", "zeros"), "model.decoder_init must be bridge, last or zeros"),
+            (self.model.hidden_dim % 2 == 0 or not self.model.bidirectional,
+             "model.hidden_dim must be even with a bidirectional encoder (its two directions share it)"),
             (min(self.model.emb_dim, self.model.hidden_dim, self.model.layers) > 0,
              "model sizes must be positive"),
-            (0.0 <= self.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+            (all(0.0 <= p < 1.0 for p in (self.model.embedding_dropout, self.model.layer_dropout, self.model.output_dropout)),
+             "model dropouts must be in [0, 1)"),
             (0.0 <= self.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
             (self.train.batch_tokens > 0, "train.batch_tokens must be positive"),
             (self.train.valid_every > 0 and self.train.log_every > 0, "train.valid_every and train.log_every must be positive"),
+            (self.train.max_nonfinite > 0, "train.max_nonfinite must be positive"),
             (self.search.beam_size >= 1 and self.search.batch_size >= 1, "search.beam_size and search.batch_size must be at least 1"),
         ]
         for ok, message in checks:

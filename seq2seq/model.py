@@ -1,4 +1,4 @@
-"""Encoder-decoder LSTM with attention and input feeding.
+"""Encoder-decoder RNN (LSTM, GRU or tanh RNN) with attention and input feeding.
 
 Three verbs: `encode` (source -> memory and the decoder's first state), `decode_step` (one target
 token -> log-probabilities of the next, and the new state) and `forward` (teacher forcing). Both
@@ -18,12 +18,15 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from seq2seq.config import ModelConfig
 from seq2seq.tokenizer import PAD_ID
 
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+ENCODERS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
 
 class Memory(NamedTuple):
     """What the decoder attends to; fixed for a sentence, so search never reorders it."""
 
     values: torch.Tensor  # (batch, src_len, hidden): encoder outputs
-    keys: torch.Tensor    # (batch, src_len, attn or hidden): values projected once per batch
+    keys: torch.Tensor    # (batch, src_len, hidden): values projected once per batch
     mask: torch.Tensor    # (batch, src_len): True at real (non-pad) positions
 
 
@@ -31,29 +34,38 @@ class DecoderState(NamedTuple):
     """Batch-first so that search can reorder every field by beam index on dim 0."""
 
     h: torch.Tensor     # (batch, layers, hidden)
-    c: torch.Tensor     # (batch, layers, hidden)
+    c: torch.Tensor     # (batch, layers, hidden) for an LSTM; (batch, layers, 0) otherwise
     feed: torch.Tensor  # (batch, hidden): previous attentional vector (input feeding)
 
 
-class LSTMCell(nn.Module):
-    """The classic LSTM cell, with its input map kept apart so it can run over all steps at once.
+class RecurrentCell(nn.Module):
+    """One step of an LSTM, GRU or tanh RNN, with the input's share of the gates computed outside.
 
-    gates = W_x x + W_h r (+ bias), split into input i, forget f, candidate C~ and output o:
-    i, f, o = sigmoid(.), C~ = tanh(.), C = f * C_prev + i * C~, h = o * tanh(C).
-    `r` is the recurrent input: the previous h (and, in the first decoder layer, the fed vector).
+    Keeping `input_map` apart lets the decoder run it over all target positions in one product.
+    LSTM (gates i, f, C~, o; the classic cell):
+        i, f, o = sigmoid(.), C~ = tanh(.), C = f * C_prev + i * C~, h = o * tanh(C)
+    GRU (gates r, z, n): r, z = sigmoid(.), n = tanh(x_n + r * (W_hn h + b_hn)), h = (1 - z) * n + z * h
+    RNN: h = tanh(W_x x + W_h h + b)
     """
 
-    def __init__(self, input_dim: int, recurrent_dim: int, hidden_dim: int) -> None:
+    def __init__(self, kind: str, input_dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.input_map = nn.Linear(input_dim, 4 * hidden_dim)
-        self.recurrent_map = nn.Linear(recurrent_dim, 4 * hidden_dim, bias=False)
+        self.kind = kind
+        self.input_map = nn.Linear(input_dim, GATES[kind] * hidden_dim)
+        self.hidden_map = nn.Linear(hidden_dim, GATES[kind] * hidden_dim, bias=kind == "gru")
 
-    def forward(self, projected_input: torch.Tensor, recurrent: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gates = projected_input + self.recurrent_map(recurrent)  # (batch, 4 * hidden)
-        i, f, candidate, o = gates.chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(candidate)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
+    def forward(self, input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden_gates = self.hidden_map(h)  # (batch, gates * hidden)
+        if self.kind == "lstm":
+            i, f, candidate, o = (input_gates + hidden_gates).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(candidate)
+            return torch.sigmoid(o) * torch.tanh(c), c
+        if self.kind == "gru":
+            x_r, x_z, x_n = input_gates.chunk(3, dim=-1)
+            h_r, h_z, h_n = hidden_gates.chunk(3, dim=-1)
+            r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+            return (1 - z) * torch.tanh(x_n + r * h_n) + z * h, c
+        return torch.tanh(input_gates + hidden_gates), c
 
 
 class Attention(nn.Module):
@@ -71,7 +83,7 @@ class Attention(nn.Module):
 
     def keys(self, values: torch.Tensor) -> torch.Tensor:
         """Project the encoder outputs once per batch (not once per decoder step)."""
-        return values if self.kind == "luong-dot" else self.key_map(values)
+        return self.key_map(values) if hasattr(self, "key_map") else values
 
     def forward(self, query: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the context (batch, hidden) and the weights (batch, src_len)."""
@@ -86,77 +98,98 @@ class Attention(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    def __init__(
-        self, src_vocab: int, tgt_vocab: int, *, emb_dim: int, hidden_dim: int, layers: int,
-        attention: str, input_feeding: bool, dropout: float,
-    ) -> None:
+    def __init__(self, src_vocab: int, tgt_vocab: int, cfg: ModelConfig) -> None:
         super().__init__()
-        self.layers, self.hidden_dim, self.input_feeding = layers, hidden_dim, input_feeding
-        self.dropout = nn.Dropout(dropout)
-        self.src_embed = nn.Embedding(src_vocab, emb_dim, padding_idx=PAD_ID)
-        self.tgt_embed = nn.Embedding(tgt_vocab, emb_dim, padding_idx=PAD_ID)
-        self.encoder = nn.LSTM(emb_dim, hidden_dim // 2, num_layers=layers, bidirectional=True,
-                               batch_first=True, dropout=dropout if layers > 1 else 0.0)
-        self.bridge = nn.Linear(hidden_dim, hidden_dim)
-        feed_dim = hidden_dim if input_feeding else 0
-        self.cells = nn.ModuleList(
-            [LSTMCell(emb_dim, feed_dim + hidden_dim, hidden_dim)]
-            + [LSTMCell(hidden_dim, hidden_dim, hidden_dim) for _ in range(layers - 1)]
-        )
-        self.attention = Attention(attention, hidden_dim)
-        self.combine = nn.Linear(2 * hidden_dim, hidden_dim, bias=False)
-        self.out = nn.Linear(hidden_dim, tgt_vocab)
+        hidden, layers = cfg.hidden_dim, cfg.layers
+        self.cell, self.layers, self.hidden_dim = cfg.cell, layers, hidden
+        self.input_feeding, self.decoder_init = cfg.input_feeding, cfg.decoder_init
+        self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
+        self.layer_dropout = nn.Dropout(cfg.layer_dropout)
+        self.output_dropout = nn.Dropout(cfg.output_dropout)
+        self.src_embed = nn.Embedding(src_vocab, cfg.emb_dim, padding_idx=PAD_ID)
+        self.tgt_embed = nn.Embedding(tgt_vocab, cfg.emb_dim, padding_idx=PAD_ID)
+        directions = 2 if cfg.bidirectional else 1
+        self.encoder = ENCODERS[cfg.cell](cfg.emb_dim, hidden // directions, num_layers=layers, batch_first=True,
+                                          bidirectional=cfg.bidirectional, dropout=cfg.layer_dropout if layers > 1 else 0.0)
+        if cfg.decoder_init == "bridge":
+            self.bridge = nn.Linear(hidden, hidden)
+        self.cells = nn.ModuleList([RecurrentCell(cfg.cell, cfg.emb_dim if layer == 0 else hidden, hidden)
+                                    for layer in range(layers)])
+        if cfg.input_feeding:
+            self.feed_map = nn.Linear(hidden, GATES[cfg.cell] * hidden, bias=False)
+        self.attention = Attention(cfg.attention, hidden) if cfg.attention != "none" else None
+        self.combine = nn.Linear((2 if self.attention else 1) * hidden, hidden, bias=False)
+        if cfg.tie_output and cfg.emb_dim != hidden:
+            self.out_proj = nn.Linear(hidden, cfg.emb_dim, bias=False)
+        self.out = nn.Linear(cfg.emb_dim if cfg.tie_output else hidden, tgt_vocab)
         for param in self.parameters():
             nn.init.uniform_(param, -0.1, 0.1)
+        if cfg.tie_output:
+            self.out.weight = self.tgt_embed.weight
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
         """The one place that reads the model config."""
-        return cls(src_vocab, tgt_vocab, emb_dim=cfg.emb_dim, hidden_dim=cfg.hidden_dim, layers=cfg.layers,
-                   attention=cfg.attention, input_feeding=cfg.input_feeding, dropout=cfg.dropout)
+        return cls(src_vocab, tgt_vocab, cfg)
 
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> tuple[Memory, DecoderState]:
-        embedded = self.dropout(self.src_embed(src))  # (batch, src_len, emb)
+        embedded = self.embedding_dropout(self.src_embed(src))  # (batch, src_len, emb)
         packed = pack_padded_sequence(embedded, src_lens.cpu(), batch_first=True, enforce_sorted=False)
-        outputs, (h_n, _) = self.encoder(packed)
+        outputs, final = self.encoder(packed)
         values, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))  # (batch, src_len, hidden)
-        # h_n: (layers * 2, batch, hidden / 2) -> (batch, layers, hidden), forward and backward side by side
-        final = h_n.view(self.layers, 2, src.size(0), -1).permute(2, 0, 1, 3).reshape(src.size(0), self.layers, -1)
-        h = torch.tanh(self.bridge(final))
-        memory = Memory(values, self.attention.keys(values), src != PAD_ID)
-        feed = values.new_zeros(src.size(0), self.hidden_dim)
-        return memory, DecoderState(h, torch.zeros_like(h), feed)
+        final_h, final_c = final if self.cell == "lstm" else (final, None)
+        keys = self.attention.keys(values) if self.attention else values
+        memory = Memory(values, keys, src != PAD_ID)
+        h = self._by_layer(final_h)
+        if self.decoder_init == "bridge":
+            h = torch.tanh(self.bridge(h))
+        elif self.decoder_init == "zeros":
+            h = torch.zeros_like(h)
+        if self.cell != "lstm":
+            c = h.new_zeros(*h.shape[:2], 0)
+        elif self.decoder_init == "last":
+            c = self._by_layer(final_c)
+        else:
+            c = torch.zeros_like(h)
+        return memory, DecoderState(h, c, values.new_zeros(src.size(0), self.hidden_dim))
 
-    def _step(self, projected: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
-        """One decoder step from the first layer's projected input to the attentional vector."""
+    def _by_layer(self, final: torch.Tensor) -> torch.Tensor:
+        """(layers * directions, batch, hidden / directions) -> (batch, layers, hidden), directions side by side."""
+        batch = final.size(1)
+        return final.view(self.layers, -1, batch, final.size(-1)).permute(2, 0, 1, 3).reshape(batch, self.layers, -1)
+
+    def _step(self, input_gates: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
+        """One decoder step from the first layer's input gates to the attentional vector."""
+        if self.input_feeding:
+            input_gates = input_gates + self.feed_map(state.feed)
         hs, cs = [], []
-        layer_input = projected
         for layer, cell in enumerate(self.cells):
-            recurrent = state.h[:, layer]
-            if layer == 0 and self.input_feeding:
-                recurrent = torch.cat([state.feed, recurrent], dim=-1)
-            elif layer > 0:
-                layer_input = cell.input_map(self.dropout(hs[-1]))
-            h, c = cell(layer_input, recurrent, state.c[:, layer])
+            if layer > 0:
+                input_gates = cell.input_map(self.layer_dropout(hs[-1]))
+            h, c = cell(input_gates, state.h[:, layer], state.c[:, layer])
             hs.append(h)
             cs.append(c)
-        context, _ = self.attention(hs[-1], memory)
-        attentional = self.dropout(torch.tanh(self.combine(torch.cat([context, hs[-1]], dim=-1))))  # (batch, hidden)
+        top = hs[-1]
+        features = [self.attention(top, memory)[0], top] if self.attention else [top]
+        attentional = self.output_dropout(torch.tanh(self.combine(torch.cat(features, dim=-1))))  # (batch, hidden)
         return attentional, DecoderState(torch.stack(hs, 1), torch.stack(cs, 1), attentional)
+
+    def _logits(self, attentional: torch.Tensor) -> torch.Tensor:
+        return self.out(self.out_proj(attentional) if hasattr(self, "out_proj") else attentional)
 
     def decode_step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
         """tokens (batch,) -> log-probabilities (batch, tgt_vocab) of the next token, and the new state."""
-        projected = self.cells[0].input_map(self.dropout(self.tgt_embed(tokens)))
-        attentional, state = self._step(projected, state, memory)
-        return F.log_softmax(self.out(attentional).float(), dim=-1), state
+        input_gates = self.cells[0].input_map(self.embedding_dropout(self.tgt_embed(tokens)))
+        attentional, state = self._step(input_gates, state, memory)
+        return F.log_softmax(self._logits(attentional).float(), dim=-1), state
 
     def forward(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: logits (batch, tgt_len, tgt_vocab) for every position of `tgt_in`."""
         memory, state = self.encode(src, src_lens)
         # The first layer's input map runs over all steps in one matrix product.
-        projected = self.cells[0].input_map(self.dropout(self.tgt_embed(tgt_in)))  # (batch, tgt_len, 4 * hidden)
+        input_gates = self.cells[0].input_map(self.embedding_dropout(self.tgt_embed(tgt_in)))  # (batch, tgt_len, gates * hidden)
         outputs = []
-        for projected_t in projected.unbind(1):  # unbind, not [:, t]: its backward does not refill the whole tensor per step
-            attentional, state = self._step(projected_t, state, memory)
+        for gates_t in input_gates.unbind(1):  # unbind, not [:, t]: its backward does not refill the whole tensor per step
+            attentional, state = self._step(gates_t, state, memory)
             outputs.append(attentional)
-        return self.out(torch.stack(outputs, dim=1))  # one product for the output layer, too
+        return self._logits(torch.stack(outputs, dim=1))  # one product for the output layer, too

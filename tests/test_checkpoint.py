@@ -19,7 +19,7 @@ from seq2seq.translation import translate
 
 CONFIG = Config(
     tokenizer=TokenizerConfig(vocab_size=80),
-    model=ModelConfig(emb_dim=16, hidden_dim=32, layers=2, attention="luong-general", dropout=0.1),
+    model=ModelConfig(emb_dim=16, hidden_dim=32, layers=2, attention="luong-general", layer_dropout=0.1),
 )
 
 

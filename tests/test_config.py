@@ -19,7 +19,7 @@ def custom_config() -> Config:
         base,
         data=dataclasses.replace(base.data, source='data/ünïcode "quoted" \\ path.txt', target="t.gz", max_length=50),
         tokenizer=dataclasses.replace(base.tokenizer, vocab_size=300, model_type="bpe", joint=False),
-        model=dataclasses.replace(base.model, hidden_dim=64, attention="luong-general", input_feeding=False, dropout=0.0),
+        model=dataclasses.replace(base.model, hidden_dim=64, attention="luong-general", input_feeding=False, layer_dropout=0.0),
         train=dataclasses.replace(base.train, lr=3e-4, max_time=1.5, seed=7),
         search=dataclasses.replace(base.search, beam_size=3, length_penalty=0.6, length_norm=True),
     )

@@ -12,10 +12,12 @@ from seq2seq.model import DecoderState, Memory, Seq2Seq
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 VARIANTS = [
-    pytest.param(attention, layers, feeding, id=f"{attention}-{layers}layer-{'feed' if feeding else 'nofeed'}")
-    for attention in ("bahdanau", "luong-dot", "luong-general")
+    pytest.param(cell, attention, layers, feeding, id=f"{cell}-{attention}-{layers}layer-{'feed' if feeding else 'nofeed'}")
+    for cell in ("lstm", "gru", "rnn")
+    for attention in ("bahdanau", "luong-dot", "luong-general", "none")
     for layers in (1, 2)
     for feeding in (True, False)
+    if cell == "lstm" or (attention, feeding) in (("bahdanau", True), ("none", False))
 ]
 
 
@@ -29,10 +31,10 @@ def random_batch(batch: int, *, vocab: int, seed: int, max_len: int = 9) -> tupl
     return src_padded, src_lens, pad(tgt)[0]
 
 
-@pytest.mark.parametrize(("attention", "layers", "input_feeding"), VARIANTS)
-def test_teacher_forcing_equals_step_by_step_decoding(make_model, attention: str, layers: int, input_feeding: bool) -> None:
+@pytest.mark.parametrize(("cell", "attention", "layers", "input_feeding"), VARIANTS)
+def test_teacher_forcing_equals_step_by_step_decoding(make_model, cell: str, attention: str, layers: int, input_feeding: bool) -> None:
     model = make_model(src_vocab=17, tgt_vocab=23, attention=attention, layers=layers, input_feeding=input_feeding,
-                       scale=0.5)
+                       scale=0.5, cell=cell)
     src, src_lens, tgt_in = random_batch(4, vocab=17, seed=1)
 
     with torch.no_grad():
@@ -46,9 +48,9 @@ def test_teacher_forcing_equals_step_by_step_decoding(make_model, attention: str
     torch.testing.assert_close(torch.stack(stepped, dim=1), forced, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize(("attention", "layers", "input_feeding"), VARIANTS)
-def test_padding_one_sentence_does_not_change_it(make_model, attention: str, layers: int, input_feeding: bool) -> None:
-    model = make_model(attention=attention, layers=layers, input_feeding=input_feeding, scale=0.5)
+@pytest.mark.parametrize(("cell", "attention", "layers", "input_feeding"), VARIANTS)
+def test_padding_one_sentence_does_not_change_it(make_model, cell: str, attention: str, layers: int, input_feeding: bool) -> None:
+    model = make_model(attention=attention, layers=layers, input_feeding=input_feeding, scale=0.5, cell=cell)
     short_src, short_tgt = [5, 6, 7, EOS_ID], [BOS_ID, 8, 9]
     long_src, long_tgt = [9, 8, 7, 6, 5, 4, 11, 12, 13, EOS_ID], [BOS_ID, 4, 5, 6, 7, 8, 9]
 
@@ -105,7 +107,7 @@ def test_shapes(make_model, layers: int) -> None:
 
 
 def test_from_config_reads_the_model_sizes() -> None:
-    cfg = ModelConfig(emb_dim=8, hidden_dim=12, layers=2, attention="luong-dot", input_feeding=False, dropout=0.0)
+    cfg = ModelConfig(emb_dim=8, hidden_dim=12, layers=2, attention="luong-dot", input_feeding=False, layer_dropout=0.0)
     model = Seq2Seq.from_config(cfg, 30, 40)
     assert model.src_embed.weight.shape == (30, 8)
     assert model.tgt_embed.weight.shape == (40, 8)

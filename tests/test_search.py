@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seq2seq.config import SearchConfig
+from seq2seq.config import ModelConfig, SearchConfig
 from seq2seq.data import pad
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Hypothesis, beam_search, greedy_search, reorder, repeat_rows
@@ -154,8 +154,7 @@ def test_states_of_plain_tuples_and_named_tuples_are_reordered_row_by_row() -> N
 def random_model(*, seed: int = 0, src_vocab: int = 20, tgt_vocab: int = 20, eos_bias: float = 0.0) -> Seq2Seq:
     """A tiny model whose weights are wide enough for clearly peaked distributions."""
     torch.manual_seed(seed)
-    model = Seq2Seq(src_vocab, tgt_vocab, emb_dim=16, hidden_dim=32, layers=1, attention="bahdanau",
-                    input_feeding=True, dropout=0.1)
+    model = Seq2Seq(src_vocab, tgt_vocab, ModelConfig(emb_dim=16, hidden_dim=32))
     with torch.no_grad():
         for param in model.parameters():
             param.uniform_(-0.6, 0.6)

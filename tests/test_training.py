@@ -36,7 +36,7 @@ def config(tmp_path_factory: pytest.TempPathFactory, make_pairs) -> Config:
     return Config(
         data=data,
         tokenizer=TokenizerConfig(vocab_size=60),
-        model=ModelConfig(emb_dim=16, hidden_dim=32, dropout=0.1),
+        model=ModelConfig(emb_dim=16, hidden_dim=32, layer_dropout=0.1),
         train=TrainConfig(lr=0.03, batch_tokens=400, max_steps=MAX_STEPS, valid_every=VALID_EVERY, log_every=LOG_EVERY),
         search=SearchConfig(batch_size=32, max_length_constant=5),
     ).validate()
