@@ -36,9 +36,9 @@ def root(
 
 
 def _register() -> None:
-    from cli import info, plot, score, train, translate
+    from cli import average, info, plot, score, train, translate
 
-    for module in (train, translate, score, info, plot):
+    for module in (train, translate, score, average, info, plot):
         module.register(app)
 
 
