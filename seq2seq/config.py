@@ -57,8 +57,17 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1                      # seeds weights, batch order and dropout
-    lr: float = 0.001                  # Adam learning rate
-    clip_norm: float = 1.0             # gradients are rescaled to this global L2 norm when above it
+    optimizer: str = "adam"            # adam | adamw
+    lr: float = 0.001                  # peak learning rate
+    weight_decay: float = 0.0          # decoupled weight decay (adamw only)
+    warmup_steps: int = 0              # linear warm-up from 0 to lr over this many updates
+    schedule: str = "constant"         # constant | inverse-sqrt (after warm-up) | plateau (on validation BLEU)
+    plateau_factor: float = 0.5        # plateau: multiply the learning rate by this ...
+    plateau_patience: int = 2          # ... after this many validations without a new best BLEU
+    min_lr: float = 0.0                # the learning rate never decays below this
+    clip_norm: float = 1.0             # gradients are rescaled to this global L2 norm when above it (0 = off)
+    patience: int = 0                  # stop after this many validations without a new best BLEU (0 = never)
+    keep_best: int = 1                 # also keep the N best checkpoints as step-N.pt (best.pt is always kept)
     label_smoothing: float = 0.1       # mass spread over the vocabulary in the training loss
     batch_tokens: int = 4000           # token budget per batch (padded source + target positions)
     max_steps: int = 20000             # stop after this many updates (0 = no limit)
@@ -108,6 +117,12 @@ class Config:
              "model dropouts must be in [0, 1)"),
             (0.0 <= self.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
             (self.train.batch_tokens > 0, "train.batch_tokens must be positive"),
+            (self.train.optimizer in ("adam", "adamw"), "train.optimizer must be adam or adamw"),
+            (self.train.schedule in ("constant", "inverse-sqrt", "plateau"),
+             "train.schedule must be constant, inverse-sqrt or plateau"),
+            (self.train.lr > 0 and 0 < self.train.plateau_factor <= 1, "train.lr must be positive and train.plateau_factor in (0, 1]"),
+            (min(self.train.warmup_steps, self.train.patience, self.train.plateau_patience, self.train.clip_norm) >= 0
+             and self.train.keep_best >= 1, "train step counts and clip_norm must not be negative; train.keep_best at least 1"),
             (self.train.valid_every > 0 and self.train.log_every > 0, "train.valid_every and train.log_every must be positive"),
             (self.train.max_nonfinite > 0, "train.max_nonfinite must be positive"),
             (self.search.beam_size >= 1 and self.search.batch_size >= 1, "search.beam_size and search.batch_size must be at least 1"),
