@@ -11,7 +11,7 @@ them by a length penalty (GNMT, `alpha`) or by the length; the reported score ne
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
 import torch
@@ -49,26 +49,34 @@ def ranking_score(scores: torch.Tensor, lengths: torch.Tensor, *, alpha: float, 
     return scores
 
 
-def _constrain(
-    log_probs: torch.Tensor, step: int, *, max_lens: torch.Tensor, min_length: int, eos_id: int, finished: torch.Tensor,
-) -> torch.Tensor:
-    """Apply the length limits and freeze finished rows, without touching the caller's tensor.
+def _constrain_(
+    log_probs: torch.Tensor, step: int, *, max_lens: torch.Tensor, min_length: int, eos_id: int,
+    finished: torch.Tensor, banned: Sequence[int],
+) -> None:
+    """Apply the search's rules to one step's log-probabilities (rows, vocab), in place.
 
-    Before `min_length` EOS is barred; at a row's maximum length only EOS is allowed (at its real
-    log-probability, so scores stay the model's); a finished row's only continuation is EOS at
-    no cost, so its score and length no longer change.
+    Banned tokens are never proposed; before `min_length` EOS is barred; at a row's maximum length
+    only EOS is allowed (at its real log-probability, so scores stay the model's); a finished row's
+    only continuation is EOS at no cost, so its score and length no longer change. Each rule
+    touches only the columns or rows it concerns.
     """
-    vocab_ids = torch.arange(log_probs.size(-1), device=log_probs.device)
+    if banned:
+        log_probs[:, list(banned)] = float("-inf")
     if step < min_length:
-        log_probs = log_probs.masked_fill(vocab_ids == eos_id, float("-inf"))
-    at_limit = (step + 1 >= max_lens).unsqueeze(1)  # (rows, 1)
-    log_probs = log_probs.masked_fill(at_limit & (vocab_ids != eos_id), float("-inf"))
-    frozen = torch.where(vocab_ids == eos_id, 0.0, float("-inf")).to(log_probs.dtype)
-    return torch.where(finished.view(-1, 1), frozen, log_probs)
+        log_probs[:, eos_id] = float("-inf")
+    at_limit = step + 1 >= max_lens
+    if at_limit.any():
+        eos_scores = log_probs[at_limit, eos_id]
+        log_probs[at_limit] = float("-inf")
+        log_probs[at_limit, eos_id] = eos_scores
+    if finished.any():
+        log_probs[finished] = float("-inf")
+        log_probs[finished, eos_id] = 0.0
 
 
 def greedy_search(
-    step: StepFn, state: State, *, batch_size: int, bos_id: int, eos_id: int, max_lens: torch.Tensor, min_length: int = 0,
+    step: StepFn, state: State, *, batch_size: int, bos_id: int, eos_id: int, max_lens: torch.Tensor,
+    min_length: int = 0, banned: Sequence[int] = (),
 ) -> list[Hypothesis]:
     """The most probable token at every step; one Hypothesis per sentence."""
     device = max_lens.device
@@ -78,7 +86,7 @@ def greedy_search(
     history = []
     for t in range(int(max_lens.max())):
         log_probs, state = step(tokens, state)
-        log_probs = _constrain(log_probs, t, max_lens=max_lens, min_length=min_length, eos_id=eos_id, finished=finished)
+        _constrain_(log_probs, t, max_lens=max_lens, min_length=min_length, eos_id=eos_id, finished=finished, banned=banned)
         best, tokens = log_probs.max(dim=-1)
         scores += best
         history.append(tokens)
@@ -91,19 +99,21 @@ def greedy_search(
 
 def beam_search(
     step: StepFn, state: State, *, batch_size: int, beam_size: int, bos_id: int, eos_id: int, max_lens: torch.Tensor,
-    min_length: int = 0, alpha: float = 0.0, length_norm: bool = False, nbest: int = 1,
+    min_length: int = 0, alpha: float = 0.0, length_norm: bool = False, nbest: int = 1, banned: Sequence[int] = (),
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first, found with `beam_size` beams.
 
     `state` holds one row per sentence; it is expanded to beam_size rows each. A finished beam
     keeps its score and is carried unchanged (its only continuation is itself), so an EOS is never
-    dropped and a finished hypothesis competes with the open ones until the search ends.
+    dropped and a finished hypothesis competes with the open ones. A sentence is done once its
+    `nbest` best-ranked beams have all finished (as in OpenNMT-py): without a length penalty no
+    open beam can overtake them any more, since extending a hypothesis only lowers its score.
     """
     assert 1 <= nbest <= beam_size, (nbest, beam_size)
+    device = max_lens.device
     rows = batch_size * beam_size
     state = repeat_rows(state, beam_size)
     max_lens = max_lens.repeat_interleave(beam_size)
-    device = max_lens.device
     tokens = torch.full((rows,), bos_id, dtype=torch.long, device=device)
     scores = torch.full((batch_size, beam_size), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start equal: expand only the first, or they would duplicate
@@ -113,17 +123,19 @@ def beam_search(
     row_base = (torch.arange(batch_size, device=device) * beam_size).unsqueeze(1)  # (batch, 1)
     for t in range(int(max_lens.max())):
         log_probs, state = step(tokens, state)
-        log_probs = _constrain(log_probs, t, max_lens=max_lens, min_length=min_length, eos_id=eos_id, finished=finished)
+        _constrain_(log_probs, t, max_lens=max_lens, min_length=min_length, eos_id=eos_id,
+                    finished=finished.view(-1), banned=banned)
         vocab = log_probs.size(-1)
         candidates = scores.unsqueeze(-1) + log_probs.view(batch_size, beam_size, vocab)  # (batch, beam, vocab)
-        grown = torch.where(finished, lengths, lengths + 1).unsqueeze(-1).expand_as(candidates)
+        grown = (lengths + ~finished).unsqueeze(-1)                                        # (batch, beam, 1)
         rank = ranking_score(candidates, grown, alpha=alpha, length_norm=length_norm)
-        _, flat = rank.view(batch_size, -1).topk(beam_size, dim=-1)  # (batch, beam)
+        _, flat = rank.view(batch_size, -1).topk(beam_size, dim=-1)  # (batch, beam), best ranked first
         beam, tokens = flat // vocab, flat % vocab
         scores = candidates.view(batch_size, -1).gather(1, flat)
-        lengths = grown.reshape(batch_size, -1).gather(1, flat)
+        lengths = grown.squeeze(-1).gather(1, beam)
         # A beam with no finite score (fewer live candidates than beams) is dead: freeze it too.
         finished = finished.gather(1, beam) | (tokens == eos_id) | scores.isneginf()
+        finished |= finished[:, :nbest].all(dim=1, keepdim=True)  # a done sentence freezes all its beams
         source_rows = (row_base + beam).view(-1)
         state = reorder(state, source_rows)
         history = torch.cat([history[source_rows], tokens.view(-1, 1)], dim=1)

