@@ -22,13 +22,18 @@ def say(message: str) -> None:
     err.print(escape(message))
 
 
+def say_error(message: str) -> None:
+    """An error as exactly one line on stderr, whatever line breaks the message holds."""
+    err.print(f"[bold red]error:[/] {escape(' '.join(message.splitlines()))}")
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a library error into one line on stderr and its exit code; a closed stdout pipe into a quiet exit."""
     try:
         yield
     except Seq2SeqError as error:
-        err.print(f"[bold red]error:[/] {escape(str(error))}")
+        say_error(str(error))
         raise typer.Exit(error.exit_code) from None
     except BrokenPipeError:
         # `seq2seq translate ... | head -1`: the reader left. Point stdout at /dev/null so the

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from cli.console import err, say
 from seq2seq.config import TrainConfig
-from seq2seq.training import DataReady, Event, Finished, StepsDone, Validated
+from seq2seq.training import COMPLETE, DataReady, Event, Finished, NonFinite, StepsDone, Validated
 
 BAR_UNITS = 1000  # the bar tracks whichever limit (steps or minutes) is nearer
 
@@ -44,6 +44,8 @@ class TrainingReporter:
             say(f"data: {stats.kept:,} training pairs ({stats.empty:,} empty and {stats.too_long:,} too long skipped), "
                 f"{event.valid_pairs:,} validation pairs; vocabulary {event.src_vocab:,} source / {event.tgt_vocab:,} target; "
                 f"{event.parameters:,} parameters; {event.batches_per_epoch:,} batches an epoch")
+            if event.resumed_step:
+                say(f"resuming after step {event.resumed_step:,} with the run's own tokenizers, optimizer state and RNG")
         elif isinstance(event, StepsDone):
             line = (f"step {event.step:,} epoch {event.epoch} | loss {event.loss:.3f} | grad norm {event.grad_norm:.2f} "
                     f"(max {event.grad_norm_max:.2f}, {event.clipped} clipped) | {event.tokens_per_s:,.0f} tgt tok/s")
@@ -52,9 +54,14 @@ class TrainingReporter:
             self.progress.update(self.task, description=line, completed=self._fraction(event) * BAR_UNITS)
             if not self.live:
                 say(line)
+        elif isinstance(event, NonFinite):
+            say(f"step {event.step:,}: loss {event.loss:.3g}, gradient norm {event.grad_norm:.3g}: not finite, update "
+                f"skipped ({event.in_a_row} in a row; training stops at {self.settings.max_nonfinite})")
         elif isinstance(event, Validated):
             say(f"validation at step {event.step:,}: loss {event.loss:.3f} | ppl {event.perplexity:.2f} | "
                 f"BLEU {event.bleu:.2f}{' (best)' if event.is_best else ''}")
+        elif isinstance(event, Finished) and event.reason not in COMPLETE:
+            self.stop()  # an interrupted or diverged run: the command says how, in one line, quiet or not
         elif isinstance(event, Finished):
             self.progress.update(self.task, completed=BAR_UNITS)
             self.stop()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.console import err, say, user_errors
+from cli.console import say, say_error, user_errors
+
+if TYPE_CHECKING:
+    from seq2seq.config import Config
+    from seq2seq.training import Finished
 
 # The embedded default: CMUdict grapheme-to-phoneme, shipped in the checkout's data/ folder.
 PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
@@ -50,12 +54,14 @@ def train(
     emb_dim: Annotated[int | None, Opt(help="Embedding size.", rich_help_panel="Model")] = None,
     hidden_dim: Annotated[int | None, Opt(help="Decoder LSTM size (the encoder's two directions share it).", rich_help_panel="Model")] = None,
     layers: Annotated[int | None, Opt(help="LSTM layers in encoder and decoder.", rich_help_panel="Model")] = None,
+    max_length: Annotated[int | None, Opt(help="Skip training pairs with a side longer than this many pieces (0 = keep all).", rich_help_panel="Data")] = None,
     batch_tokens: Annotated[int | None, Opt(help="Token budget per batch (padded source + target).", rich_help_panel="Training")] = None,
     max_steps: Annotated[int | None, Opt(help="Stop after this many updates (0 = no limit).", rich_help_panel="Training")] = None,
     max_time: Annotated[float | None, Opt(help="Stop after this many minutes (0 = no limit).", rich_help_panel="Training")] = None,
     valid_every: Annotated[int | None, Opt(help="Validate every N updates.", rich_help_panel="Training")] = None,
     seed: Annotated[int | None, Opt(help="Random seed (weights, batch order, dropout).", rich_help_panel="Training")] = None,
     print_config: Annotated[bool, Opt("--print-config", help="Print the resolved settings as TOML and exit.")] = False,
+    resume: Annotated[bool, Opt("--resume", help="Continue the run in --output from its last.pt, exactly where it stopped.")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --output.")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print errors only.")] = False,
 ) -> None:
@@ -66,7 +72,7 @@ def train(
     with user_errors():
         flags = {
             "data.source": source, "data.target": target,
-            "data.valid_source": valid_source, "data.valid_target": valid_target,
+            "data.valid_source": valid_source, "data.valid_target": valid_target, "data.max_length": max_length,
             "tokenizer.vocab_size": vocab_size, "tokenizer.model_type": tokenizer_type,
             "tokenizer.joint": None if separate_vocab is None else not separate_vocab,
             "model.emb_dim": emb_dim, "model.hidden_dim": hidden_dim, "model.layers": layers,
@@ -75,34 +81,57 @@ def train(
         }
         chosen: dict[str, Any] = dict(configuration.parse_override(text) for text in overrides or [])
         chosen.update({key: value for key, value in flags.items() if value is not None})
-        use_default = config_file is None and not any(key.startswith("data.") for key in chosen)
+        run_config = _run_config(output or DEFAULT_OUTPUT) if resume else None
+        use_default = run_config is None and config_file is None and not any(key.startswith("data.") for key in chosen)
         if use_default:
             config_file = DEFAULT_RECIPE
             chosen = {key: str(PROJECT_DATA / path) for key, path in DEFAULT_CORPUS.items()} | chosen
             if not DEFAULT_RECIPE.is_file():
                 raise ConfigError(f"the embedded default corpus lives in the source checkout ({PROJECT_DATA}); "
                                   "run from a checkout or give --source/--target/--valid-source/--valid-target")
-        cfg = configuration.resolve(config_file, chosen)
+        cfg = configuration.resolve(config_file, chosen, base=run_config)
         if print_config:
             sys.stdout.write(configuration.to_toml(cfg))
             return
         if output is None:
-            if not use_default:
+            if not (use_default or run_config):
                 raise ConfigError("--output is required when training on your own data")
             output = DEFAULT_OUTPUT
-        from cli.progress import TrainingReporter
-        from seq2seq.training import train as run_training
-
-        if not quiet:
-            say(f"training on {cfg.data.source} -> {cfg.data.target}; run folder {output}")
-        with TrainingReporter(cfg.train, quiet=quiet) as reporter:
-            try:
-                finished = run_training(cfg, output, report=reporter, overwrite=overwrite)
-            except KeyboardInterrupt:
-                reporter.stop()
-                err.print(f"interrupted; checkpoints written so far are in {output}")
-                raise typer.Exit(130) from None
+        finished = _run(cfg, output, resume=resume, overwrite=overwrite, quiet=quiet)
         sys.stdout.write(f"{finished.best_path}\n")
+
+
+def _run_config(output: Path) -> Config | None:
+    """The settings of the run being resumed, as the base that flags override: `--resume` alone repeats them."""
+    from seq2seq import config as configuration
+
+    saved = output / "config.toml"
+    return configuration.resolve(saved) if saved.is_file() else None
+
+
+def _run(cfg: Config, output: Path, *, resume: bool, overwrite: bool, quiet: bool) -> Finished:
+    """Train with progress on stderr and Ctrl-C/SIGTERM handled; exits unless the run reached its limit."""
+    from cli.progress import TrainingReporter
+    from cli.signals import EXIT_CODES, StopNow, stop_requests
+    from seq2seq.training import train as run_training
+
+    try:
+        with TrainingReporter(cfg.train, quiet=quiet) as reporter, stop_requests() as stop_request:
+            finished = run_training(cfg, output, report=reporter, overwrite=overwrite, resume=resume,
+                                    should_stop=stop_request)
+    except StopNow as stop:
+        say(f"{stop.reason} again: stopped at once; the checkpoints in {output} are those saved before")
+        raise typer.Exit(EXIT_CODES[stop.reason]) from None
+    if finished.reason in EXIT_CODES:
+        say(f"{finished.reason} at step {finished.step:,}: saved {finished.last_path}; "
+            "continue with the same command plus --resume")
+        raise typer.Exit(EXIT_CODES[finished.reason])
+    if finished.reason == "non_finite":
+        kept = f"{finished.last_path} holds the last finite weights" if finished.last_path.exists() else "no checkpoint was saved"
+        say_error(f"training stopped at step {finished.step:,}: the loss, gradients or weights went NaN or infinite "
+                  f"(try a lower --set train.lr=...); {kept}")
+        raise typer.Exit(1)
+    return finished
 
 
 def register(app: typer.Typer) -> None:

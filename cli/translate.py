@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.console import say, user_errors
+
+if TYPE_CHECKING:
+    from seq2seq.tokenizer import Tokenizer
+    from seq2seq.translation import Translation
 
 EPILOG = """\
 \b
@@ -23,6 +28,9 @@ Scores are the model's log-probability of the output pieces plus EOS (natural lo
 length penalty. Typed at a terminal, each line is answered as soon as it is entered."""
 
 Opt = typer.Option
+# Four times the default training limit (data.max_length): far above real sentences, far below what
+# stalls decoding (its length, and what each step attends to, grow with the source).
+MAX_SOURCE_PIECES = 400
 
 
 def translate(
@@ -38,6 +46,7 @@ def translate(
     min_length: Annotated[int | None, Opt(help="No EOS before this many pieces. [default: 0]", show_default=False, rich_help_panel="Search")] = None,
     nbest: Annotated[int, Opt(min=1, help="Print the N best as `id ||| hypothesis ||| score` (Moses format, 0-based id).", rich_help_panel="Output")] = 1,
     scores: Annotated[bool, Opt("--scores", help="Append a tab and the score to each translation.", rich_help_panel="Output")] = False,
+    max_source_pieces: Annotated[int, Opt(min=0, help="Translate only the first N pieces of a longer line, with a warning (0 = no limit).", rich_help_panel="Search")] = MAX_SOURCE_PIECES,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print errors only.")] = False,
 ) -> None:
     """Translate lines from a file or stdin with a trained model."""
@@ -47,7 +56,7 @@ def translate(
         from seq2seq import checkpoint
         from seq2seq.config import Config
         from seq2seq.errors import ConfigError
-        from seq2seq.textio import atomic_write, iter_lines, read_lines
+        from seq2seq.textio import atomic_write
         from seq2seq.translation import translate as run_translation
 
         loaded = checkpoint.load(model)
@@ -62,8 +71,8 @@ def translate(
         interactive = input_path == "-" and sys.stdin.isatty()
         if interactive and not quiet:
             say("reading lines from the terminal; each is translated when entered (Ctrl-D to finish)")
-        # A file is read (and checked) whole before anything is written; stdin is streamed.
-        lines = iter_lines("-") if input_path == "-" else read_lines(input_path)
+        warn = (lambda message: None) if quiet else (lambda message: say(f"warning: {message}"))
+        lines = _source_lines(input_path, loaded.tokenizers.src, max_source_pieces, warn)
         results = run_translation(loaded.model, loaded.tokenizers, lines, search, nbest=nbest,
                                   chunk_lines=1 if interactive else None)
         start = time.perf_counter()
@@ -79,19 +88,45 @@ def translate(
                 f"{count / max(seconds, 1e-9):,.1f} lines/s, beam {search.beam_size}")
 
 
-def _write(results, out: IO[str], *, nbest: int, scores: bool) -> tuple[int, int]:
-    """Write each input line's result as soon as it is ready; returns (lines, target pieces)."""
+def _source_lines(input_path: str, tokenizer: Tokenizer, max_pieces: int, warn: Callable[[str], None]) -> Iterator[str]:
+    """The lines to translate, each kept whatever it holds, so that output line k answers input line k.
+
+    A file is read and checked whole before anything is written (invalid UTF-8 is an error naming the
+    line); stdin is streamed, so its invalid bytes become U+FFFD with a warning instead.
+    """
+    from seq2seq.data import cut_long_lines
+    from seq2seq.textio import display_name, iter_lines, read_lines
+
+    name = display_name(input_path)
+    lines = iter_lines("-", on_invalid=warn) if input_path == "-" else read_lines(input_path)
+    return cut_long_lines(lines, tokenizer, max_pieces=max_pieces, on_cut=lambda number, pieces: warn(
+        f"{name}:{number}: {pieces:,} pieces long; only the first {max_pieces:,} are translated (--max-source-pieces)"))
+
+
+def _write(results: Iterator[list[Translation]], out: IO[str], *, nbest: int, scores: bool) -> tuple[int, int]:
+    """Write each input line's result as soon as it is ready; returns (lines, target pieces).
+
+    Streamed input can fail part-way (a NUL byte at line 5,000 of stdin): the error then says how many
+    lines were already translated, so that a partial output is never taken for a whole one.
+    """
+    from seq2seq.errors import Seq2SeqError
+
     count = pieces = 0
-    for index, hypotheses in enumerate(results):
-        if nbest > 1:
-            out.writelines(f"{index} ||| {hyp.text} ||| {hyp.score:.4f}\n" for hyp in hypotheses)
-        elif scores:
-            out.write(f"{hypotheses[0].text}\t{hypotheses[0].score:.4f}\n")
-        else:
-            out.write(hypotheses[0].text + "\n")
-        out.flush()
-        count += 1
-        pieces += len(hypotheses[0].tokens)
+    try:
+        for index, hypotheses in enumerate(results):
+            if nbest > 1:
+                out.writelines(f"{index} ||| {hyp.text} ||| {hyp.score:.4f}\n" for hyp in hypotheses)
+            elif scores:
+                out.write(f"{hypotheses[0].text}\t{hypotheses[0].score:.4f}\n")
+            else:
+                out.write(hypotheses[0].text + "\n")
+            out.flush()
+            count += 1
+            pieces += len(hypotheses[0].tokens)
+    except Seq2SeqError as error:
+        if count:
+            error.args = (f"{error} (after {count:,} translated lines)",)
+        raise
     return count, pieces
 
 

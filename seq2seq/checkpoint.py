@@ -43,6 +43,7 @@ def save(
     path: str | Path, *, config: Config, tokenizers: Tokenizers, model: Seq2Seq, step: int,
     info: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
 ) -> None:
+    """Write the checkpoint atomically; a failed write (a full disk) is a DataError and the old file stays whole."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -60,6 +61,8 @@ def save(
 def load(path: str | Path) -> Checkpoint:
     """Load a checkpoint without executing anything in it; every failure is one clear CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; give the model file inside it (best.pt or last.pt)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
     if not zipfile.is_zipfile(path):
@@ -73,7 +76,7 @@ def load(path: str | Path) -> Checkpoint:
             f"{path}: refused: it holds objects other than weights and plain values, which could run code when loaded"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as error:
-        raise CheckpointError(f"{path}: not a readable seq2seq checkpoint (truncated or corrupt: {error})") from None
+        raise CheckpointError(f"{path}: not a readable seq2seq checkpoint (truncated or corrupt: {_first_line(error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a seq2seq checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -86,8 +89,13 @@ def load(path: str | Path) -> Checkpoint:
     except ConfigError as error:
         raise CheckpointError(f"{path}: its config is invalid ({error})") from None
     except (KeyError, TypeError, RuntimeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: incomplete or damaged checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: incomplete or damaged checkpoint ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """torch's messages can run over many lines; the user gets one."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _unpack(payload: dict[str, Any]) -> Checkpoint:

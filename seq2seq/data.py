@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -11,7 +11,7 @@ import torch
 
 from seq2seq.errors import DataError
 from seq2seq.textio import read_lines
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, Tokenizers
 
 
 class Example(NamedTuple):
@@ -38,12 +38,14 @@ class FilterStats:
 
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
-    """Both sides of a parallel corpus; refuses files of different lengths, naming both."""
+    """Both sides of a parallel corpus; refuses files of different lengths (naming both) and empty ones."""
     src, tgt = read_lines(src_path), read_lines(tgt_path)
     if len(src) != len(tgt):
         raise DataError(
             f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; parallel files must have equal line counts"
         )
+    if not src:
+        raise DataError(f"{src_path} and {tgt_path} are empty: no sentence pairs to read")
     return src, tgt
 
 
@@ -62,6 +64,23 @@ def encode_pairs(
         else:
             examples.append(Example(src + [EOS_ID], tgt))
     return examples, FilterStats(kept=len(examples), empty=empty, too_long=too_long)
+
+
+def cut_long_lines(
+    lines: Iterable[str], tokenizer: Tokenizer, *, max_pieces: int, on_cut: Callable[[int, int], None]
+) -> Iterator[str]:
+    """Cut each line to its first `max_pieces` pieces (0 = no limit), calling `on_cut(line_number, pieces)`.
+
+    Decoding time grows with the source (the output may run to a multiple of its length, and every step
+    attends to all of it), so one 100,000-character line could stall a whole file; cut, it still gets
+    its one output line. Encoding a line costs microseconds, translating it milliseconds.
+    """
+    for number, line in enumerate(lines, start=1):
+        (ids,) = tokenizer.encode([line])
+        if max_pieces and len(ids) > max_pieces:
+            on_cut(number, len(ids))
+            (line,) = tokenizer.decode([ids[:max_pieces]])
+        yield line
 
 
 def pad(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

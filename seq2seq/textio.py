@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -47,7 +47,7 @@ def _open_binary(path: str | Path) -> BinaryIO:
     return raw
 
 
-def _decode(raw: bytes, name: str, number: int) -> str:
+def _decode(raw: bytes, name: str, number: int, on_invalid: Callable[[str], None] | None = None) -> str:
     if raw.endswith(b"\n"):
         raw = raw[:-1]
     if raw.endswith(b"\r"):
@@ -58,19 +58,27 @@ def _decode(raw: bytes, name: str, number: int) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         bad = raw[error.start : error.start + 4]
-        raise DataError(f"{name}:{number}: invalid UTF-8 at byte {error.start + 1} ({bad!r})") from None
+        problem = f"{name}:{number}: invalid UTF-8 at byte {error.start + 1} ({bad!r})"
+        if on_invalid is None:
+            raise DataError(problem) from None
+        on_invalid(f"{problem}; replaced with U+FFFD")
+        text = raw.decode("utf-8", errors="replace")
     if number == 1 and text.startswith("\ufeff"):
         text = text[1:]
     return text
 
 
-def iter_lines(path: str | Path) -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file (plain, gzipped or "-" for stdin), without line ends."""
+def iter_lines(path: str | Path, *, on_invalid: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Yield the lines of a UTF-8 text file (plain, gzipped or "-" for stdin), without line ends.
+
+    Invalid UTF-8 is a DataError naming file:line, unless `on_invalid` is given: then the bad bytes
+    become U+FFFD and `on_invalid` gets a one-line warning, so a stream keeps one line per line.
+    """
     name = display_name(path)
     stream = _open_binary(path)
     try:
         for number, raw in enumerate(stream, start=1):
-            yield _decode(raw, name, number)
+            yield _decode(raw, name, number, on_invalid)
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise DataError(f"{name}: corrupt gzip data ({error})") from None
     finally:
@@ -87,12 +95,13 @@ def atomic_write(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
     """Write `path` all or nothing: a temporary sibling is fsynced and renamed over it on success.
 
     On any failure (a full disk included) the temporary file is removed and the previous content
-    of `path`, if any, is left untouched.
+    of `path`, if any, is left untouched; a failed write is a DataError that says so.
     """
     path = Path(path)
     folder = path.parent
     if path.is_dir():
         raise DataError(f"{path}: is a folder, cannot write a file there")
+    existed = path.exists()
     try:
         handle, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
@@ -106,10 +115,24 @@ def atomic_write(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
         os.replace(temp_name, path)
     except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise DataError(f"{path}: could not be written ({error.strerror}); its previous content is intact") from None
-        raise
+        cause = _write_failure(error)
+        if cause is None:
+            raise
+        kept = "its previous content is intact" if existed else "nothing was written"
+        raise DataError(f"{path}: could not be written ({cause.strerror or cause}); {kept}") from None
     _fsync_folder(folder)
+
+
+def _write_failure(error: BaseException) -> OSError | None:
+    """The OSError that made a write fail, if that is what `error` is.
+
+    torch.save reports a failed write (a full disk) as a RuntimeError raised while handling the OSError.
+    """
+    if isinstance(error, OSError):
+        return error
+    if isinstance(error, RuntimeError) and isinstance(error.__context__, OSError):
+        return error.__context__
+    return None
 
 
 def _fsync_folder(folder: Path) -> None:

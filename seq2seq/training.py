@@ -1,4 +1,9 @@
-"""The training loop: one top-to-bottom read. It never prints; it reports typed events to a callback."""
+"""The training loop: one top-to-bottom read. It never prints; it reports typed events to a callback.
+
+A run can stop at any step boundary and later continue exactly where it stopped (`resume`): last.pt
+carries the whole training state (see `seq2seq.runfolder`). `should_stop` is asked after every update;
+the CLI answers it from its Ctrl-C and SIGTERM handlers.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from seq2seq import checkpoint, metrics
-from seq2seq.config import Config, to_toml
-from seq2seq.data import Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel
+from seq2seq import checkpoint, metrics, runfolder
+from seq2seq.config import Config, TrainConfig, to_toml
+from seq2seq.data import Batch, Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.model import Seq2Seq
+from seq2seq.optim import LearningRate, build_optimizer
+from seq2seq.runfolder import RUN_FILES, LoopState  # noqa: F401 (RUN_FILES is part of this module's interface)
 from seq2seq.textio import atomic_write
 from seq2seq.tokenizer import PAD_ID, Tokenizers, train_tokenizers
 from seq2seq.translation import translate_all
 
-RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt")
+LIMITS = ("max_steps", "max_time")
+COMPLETE = (*LIMITS, "patience")  # the run ended as its settings asked: validated and saved
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class DataReady:
     tgt_vocab: int
     parameters: int
     batches_per_epoch: int
+    resumed_step: int    # the step a resumed run continues after; 0 for a new run
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,15 @@ class StepsDone:
     clipped: int         # how many of those steps were rescaled to clip_norm
     skipped: int         # steps whose loss or gradient was not finite (no update made)
     tokens_per_s: float  # target tokens per second of wall clock, validation excluded
-    elapsed: float       # seconds since training started
+    elapsed: float       # seconds trained, all sessions of a resumed run together
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    step: int
+    loss: float
+    grad_norm: float
+    in_a_row: int        # updates skipped in a row; training stops at train.max_nonfinite
 
 
 @dataclass(frozen=True)
@@ -60,115 +77,197 @@ class Validated:
 
 @dataclass(frozen=True)
 class Finished:
+    """How a run ended. "max_steps", "max_time" and "patience" (train.patience validations without a new
+    best BLEU): validated and saved. A reason `should_stop` gave
+    ("interrupted", "terminated"): last.pt saved at that step, without validating. "non_finite":
+    train.max_nonfinite updates in a row were skipped (or the weights went NaN); nothing was saved
+    at the end, so best.pt and last.pt are the last ones with finite weights."""
+
     step: int
-    reason: str          # "max_steps" | "max_time"
+    reason: str
     best_path: Path
     last_path: Path
     best_bleu: float
     elapsed: float
 
 
-Event = DataReady | StepsDone | Validated | Finished
+Event = DataReady | StepsDone | NonFinite | Validated | Finished
 Report = Callable[[Event], None]
+StopCheck = Callable[[], "str | None"]
 
 
-def prepare_run_folder(out_dir: Path, *, overwrite: bool) -> None:
-    """Refuse to train into a folder that holds a run, unless told to overwrite it."""
-    existing = [name for name in RUN_FILES if (out_dir / name).exists()]
-    if existing and not overwrite:
-        raise ConfigError(f"{out_dir} already holds a run ({', '.join(existing)}); pass --overwrite to replace it")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in existing:
-        (out_dir / name).unlink()
+@dataclass(frozen=True)
+class _Run:
+    """What the loop works with and never reassigns."""
+
+    cfg: Config
+    out_dir: Path
+    tokenizers: Tokenizers
+    model: Seq2Seq
+    optimizer: torch.optim.Optimizer
+    rate: LearningRate
+    examples: list[Example]
+    valid_examples: list[Example]
+    valid_src: list[str]
+    valid_tgt: list[str]
 
 
-def train(cfg: Config, out_dir: str | Path, *, report: Report = lambda event: None, overwrite: bool = False) -> Finished:
-    """Train from cfg.data into `out_dir` (config.toml, metrics.jsonl, best.pt, last.pt)."""
-    data, settings = cfg.data, cfg.train
+def train(
+    cfg: Config, out_dir: str | Path, *, report: Report = lambda event: None, overwrite: bool = False,
+    resume: bool = False, should_stop: StopCheck = lambda: None,
+) -> Finished:
+    """Train from cfg.data into `out_dir` (config.toml, metrics.jsonl, best.pt, last.pt).
+
+    `resume` continues the run in `out_dir` from its last.pt with that run's tokenizers, exactly as if it
+    had never stopped. Nothing is written before the folder, the settings and the data have been checked.
+    """
+    data = cfg.data
     if not (data.source and data.target and data.valid_source and data.valid_target):
         raise ConfigError("training needs data.source, data.target, data.valid_source and data.valid_target")
     out_dir = Path(out_dir)
-    prepare_run_folder(out_dir, overwrite=overwrite)
-    with atomic_write(out_dir / "config.toml") as file:
-        file.write(to_toml(cfg))
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
-
+    resumed = runfolder.check(out_dir, cfg, overwrite=overwrite, resume=resume)
     src_lines, tgt_lines = read_parallel(data.source, data.target)
     valid_src, valid_tgt = read_parallel(data.valid_source, data.valid_target)
-    tokenizers = train_tokenizers(src_lines, tgt_lines, cfg.tokenizer)
+    runfolder.prepare(out_dir, overwrite=overwrite)
+    with atomic_write(out_dir / "config.toml") as file:
+        file.write(to_toml(cfg))
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    tokenizers = resumed.checkpoint.tokenizers if resumed else train_tokenizers(src_lines, tgt_lines, cfg.tokenizer)
     examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length)
     if not examples:
         raise DataError(f"{data.source}: no usable training pairs ({stats.empty} empty, {stats.too_long} too long)")
     valid_examples, _ = encode_pairs(valid_src, valid_tgt, tokenizers, max_length=0)
-    model = checkpoint.build_model(cfg, tokenizers)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    batch_plan = _epoch_plan(examples, settings.batch_tokens, settings.seed, epoch=1)
+    model = resumed.checkpoint.model if resumed else checkpoint.build_model(cfg, tokenizers)
+    optimizer, rate = build_optimizer(model.parameters(), cfg.train), LearningRate(cfg.train)
+    state = runfolder.restore(resumed, optimizer, rate) if resumed else LoopState()
+    if resumed:  # last.pt may be newer than metrics.jsonl (a kill between the two writes)
+        _write_metrics(out_dir / "metrics.jsonl", state.history)
+    run = _Run(cfg, out_dir, tokenizers, model, optimizer, rate, examples, valid_examples, valid_src, valid_tgt)
     report(DataReady(stats, len(valid_src), tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
-                     sum(p.numel() for p in model.parameters()), len(batch_plan)))
+                     sum(p.numel() for p in model.parameters()), len(_epoch_plan(examples, cfg.train, state.epoch)),
+                     state.step))
+    return _loop(run, state, report, should_stop)
 
-    history: list[dict] = []
-    best_bleu, best_path, last_path = -1.0, out_dir / "best.pt", out_dir / "last.pt"
-    step, epoch, position = 0, 1, 0
-    start = time.perf_counter()
+
+def _loop(run: _Run, state: LoopState, report: Report, should_stop: StopCheck) -> Finished:
+    """Update, report, validate and save until a limit, early stopping, a stop request or too many non-finite steps."""
+    settings = run.cfg.train
+    start = time.perf_counter() - state.elapsed
+    plan = _epoch_plan(run.examples, settings, state.epoch)
     window = _Window()
-    model.train()
+    run.model.train()
     while True:
-        if position == len(batch_plan):
-            epoch, position = epoch + 1, 0
-            batch_plan = _epoch_plan(examples, settings.batch_tokens, settings.seed, epoch)
-        batch = collate([examples[i] for i in batch_plan[position]])
-        position += 1
+        if state.position == len(plan):
+            state.epoch, state.position = state.epoch + 1, 0
+            plan = _epoch_plan(run.examples, settings, state.epoch)
+        batch = collate([run.examples[i] for i in plan[state.position]])
         step_start = time.perf_counter()
-        logits = model(batch.src, batch.src_lens, batch.tgt_in)
-        tokens = batch.tgt_tokens
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
-                               label_smoothing=settings.label_smoothing, reduction="sum") / tokens
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm))
-        finite = math.isfinite(grad_norm) and math.isfinite(loss.item())
-        if finite:
-            optimizer.step()
-        step += 1
-        window.add(loss.item() * tokens if finite else 0.0, tokens, grad_norm, settings.clip_norm, finite,
+        run.rate.apply(run.optimizer, state.step + 1)
+        loss, grad_norm, finite = _update(run.model, run.optimizer, batch, settings)
+        state.step, state.position = state.step + 1, state.position + 1
+        state.nonfinite_in_a_row = 0 if finite else state.nonfinite_in_a_row + 1
+        window.add(loss * batch.tgt_tokens, batch.tgt_tokens, grad_norm, settings.clip_norm or math.inf, finite,
                    time.perf_counter() - step_start)
-
-        elapsed = time.perf_counter() - start
-        reason = _stop_reason(step, elapsed, settings.max_steps, settings.max_time)
-        if step % settings.log_every == 0 or reason:
-            report(window.summary(step, epoch, elapsed))
+        if not finite:
+            report(NonFinite(state.step, loss, grad_norm, state.nonfinite_in_a_row))
+        state.elapsed = time.perf_counter() - start
+        reason = _stop_reason(state, settings, should_stop)
+        if state.step % settings.log_every == 0 or reason:
+            report(window.summary(state.step, state.epoch, state.elapsed))
             window = _Window()
-        if step % settings.valid_every == 0 or reason:
-            result = _validate(model, tokenizers, valid_examples, valid_src, valid_tgt, cfg, step, elapsed, best_bleu)
-            info = {"valid_bleu": result.bleu, "valid_loss": result.loss, "bleu_signature": result.signature}
-            checkpoint.save(last_path, config=cfg, tokenizers=tokenizers, model=model, step=step, info=info)
-            if result.is_best:
-                best_bleu = result.bleu
-                checkpoint.save(best_path, config=cfg, tokenizers=tokenizers, model=model, step=step, info=info)
-            history.append({"step": step, "epoch": epoch, "elapsed_s": round(elapsed, 1),
-                            "valid_loss": result.loss, "valid_ppl": result.perplexity,
-                            "valid_bleu": result.bleu, "bleu_signature": result.signature, "best": result.is_best})
-            _write_metrics(out_dir / "metrics.jsonl", history)
-            report(result)
+        validate = state.step % settings.valid_every == 0 or reason in LIMITS
+        if reason != "non_finite" and (validate or reason) and not _checkpoint(run, state, report, validate=validate):
+            reason = "non_finite"
+        elif validate and not reason and settings.patience and _validations_without_best(state) >= settings.patience:
+            reason = "patience"
         if reason:
-            finished = Finished(step, reason, best_path, last_path, best_bleu, time.perf_counter() - start)
+            finished = Finished(state.step, reason, run.out_dir / "best.pt", run.out_dir / "last.pt", state.best_bleu,
+                                time.perf_counter() - start)
             report(finished)
             return finished
 
 
-def _epoch_plan(examples: list[Example], batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+def _update(model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, settings: TrainConfig) -> tuple[float, float, bool]:
+    """One update on `batch`: (loss per target token, gradient norm, whether both were finite).
+
+    A NaN or inf loss or gradient norm makes no update: the optimizer (and its moments) are left alone.
+    """
+    logits = model(batch.src, batch.src_lens, batch.tgt_in)
+    loss = F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
+                           label_smoothing=settings.label_smoothing, reduction="sum") / batch.tgt_tokens
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm or math.inf))
+    finite = math.isfinite(grad_norm) and math.isfinite(loss.item())
+    if finite:
+        optimizer.step()
+    return loss.item(), grad_norm, finite
+
+
+def _stop_reason(state: LoopState, settings: TrainConfig, should_stop: StopCheck) -> str:
+    if state.nonfinite_in_a_row >= settings.max_nonfinite:
+        return "non_finite"
+    return state.limit_reached(settings) or should_stop() or ""
+
+
+def _validations_without_best(state: LoopState) -> int:
+    """Validations since the last new best BLEU (early stopping's count, read from the history)."""
+    bests = [index for index, row in enumerate(state.history) if row["best"]]
+    return len(state.history) - 1 - bests[-1] if bests else len(state.history)
+
+
+def _checkpoint(run: _Run, state: LoopState, report: Report, *, validate: bool) -> bool:
+    """Validate if asked, then save best.pt (on a new best) and step-N.pt (keep_best), last.pt and
+    metrics.jsonl, in that order.
+
+    last.pt is what a resumed run starts from, so it is written once the other checkpoints agree with the
+    best BLEU and history it records; metrics.jsonl is rebuilt from it on resume. Returns False, saving
+    nothing, if the weights are not all finite: a checkpoint never holds NaN or inf weights.
+    """
+    if not all(bool(torch.isfinite(param).all()) for param in run.model.parameters()):
+        return False
+    info: dict = {}
+    if validate:
+        result = _validate(run, state)
+        info = {"valid_bleu": result.bleu, "valid_loss": result.loss, "bleu_signature": result.signature}
+        state.history.append({"step": state.step, "epoch": state.epoch, "elapsed_s": round(state.elapsed, 1),
+                              "lr": run.optimizer.param_groups[0]["lr"], "valid_loss": result.loss,
+                              "valid_ppl": result.perplexity, "valid_bleu": result.bleu,
+                              "bleu_signature": result.signature, "best": result.is_best})
+        run.rate.after_validation(result.bleu)
+        if result.is_best:
+            state.best_bleu = result.bleu
+            _save(run, "best.pt", state.step, info)
+        _keep_best(run, state, info)
+    _save(run, "last.pt", state.step, info, training=runfolder.training_state(state, run.optimizer, run.rate))
+    if validate:
+        _write_metrics(run.out_dir / "metrics.jsonl", state.history)
+        report(result)
+    return True
+
+
+def _keep_best(run: _Run, state: LoopState, info: dict) -> None:
+    """With train.keep_best = N > 1, keep step-N.pt files of the N best validations so far (for `seq2seq average`)."""
+    if run.cfg.train.keep_best < 2:
+        return
+    ranked = sorted(state.history, key=lambda row: (-row["valid_bleu"], row["step"]))  # ties: the earlier step
+    if state.step in {row["step"] for row in ranked[: run.cfg.train.keep_best]}:
+        _save(run, f"step-{state.step}.pt", state.step, info)
+    for row in ranked[run.cfg.train.keep_best :]:
+        (run.out_dir / f"step-{row['step']}.pt").unlink(missing_ok=True)
+
+
+def _save(run: _Run, name: str, step: int, info: dict, training: dict | None = None) -> None:
+    checkpoint.save(run.out_dir / name, config=run.cfg, tokenizers=run.tokenizers, model=run.model, step=step,
+                    info=info, training=training)
+
+
+def _epoch_plan(examples: list[Example], settings: TrainConfig, epoch: int) -> list[list[int]]:
     """The batches of one epoch; a function of (seed, epoch) alone, so any epoch can be recreated."""
-    return plan_batches(examples, batch_tokens=batch_tokens, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-
-def _stop_reason(step: int, elapsed: float, max_steps: int, max_minutes: float) -> str:
-    if max_steps and step >= max_steps:
-        return "max_steps"
-    if max_minutes and elapsed >= max_minutes * 60:
-        return "max_time"
-    return ""
+    generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
+    return plan_batches(examples, batch_tokens=settings.batch_tokens, generator=generator)
 
 
 class _Window:
@@ -195,24 +294,22 @@ class _Window:
                          self.clipped, self.skipped, self.tokens / max(self.seconds, 1e-9), elapsed)
 
 
-def _validate(
-    model: Seq2Seq, tokenizers: Tokenizers, examples: list[Example], src_lines: list[str], tgt_lines: list[str],
-    cfg: Config, step: int, elapsed: float, best_bleu: float,
-) -> Validated:
+def _validate(run: _Run, state: LoopState) -> Validated:
     """Loss and perplexity by teacher forcing; BLEU of greedy translations against the raw references."""
+    model = run.model
     model.eval()
     loss_sum, tokens = 0.0, 0
     with torch.inference_mode():
-        for start in range(0, len(examples), 64):
-            batch = collate(examples[start : start + 64])
+        for start in range(0, len(run.valid_examples), 64):
+            batch = collate(run.valid_examples[start : start + 64])
             logits = model(batch.src, batch.src_lens, batch.tgt_in)
             loss_sum += float(F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID, reduction="sum"))
             tokens += batch.tgt_tokens
     model.train()
-    hypotheses = translate_all(model, tokenizers, src_lines, replace(cfg.search, beam_size=1))
-    bleu, signature = metrics.bleu(hypotheses, tgt_lines)
+    hypotheses = translate_all(model, run.tokenizers, run.valid_src, replace(run.cfg.search, beam_size=1))
+    bleu, signature = metrics.bleu(hypotheses, run.valid_tgt)
     loss = loss_sum / max(tokens, 1)
-    return Validated(step, loss, math.exp(min(loss, 50.0)), bleu, signature, bleu > best_bleu, elapsed)
+    return Validated(state.step, loss, math.exp(min(loss, 50.0)), bleu, signature, bleu > state.best_bleu, state.elapsed)
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:

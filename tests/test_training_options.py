@@ -1,0 +1,67 @@
+"""The loop honours the schedule, early-stopping and keep-best settings (train.warmup_steps, patience, keep_best)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from seq2seq import checkpoint, training
+from seq2seq.config import Config, DataConfig, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig
+
+
+def write_lines(path: Path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory, make_pairs) -> Config:
+    folder = tmp_path_factory.mktemp("data")
+    train_src, train_tgt = make_pairs(60, seed=50, max_words=4)
+    valid_src, valid_tgt = make_pairs(6, seed=51, max_words=3)
+    data = DataConfig(
+        source=write_lines(folder / "train.src", train_src), target=write_lines(folder / "train.tgt", train_tgt),
+        valid_source=write_lines(folder / "valid.src", valid_src), valid_target=write_lines(folder / "valid.tgt", valid_tgt),
+    )
+    return Config(data=data, tokenizer=TokenizerConfig(vocab_size=50), model=ModelConfig(emb_dim=8, hidden_dim=16),
+                  train=TrainConfig(lr=0.02, batch_tokens=200, max_steps=6, valid_every=1, log_every=1, threads=1),
+                  search=SearchConfig(batch_size=6, max_length_constant=3)).validate()
+
+
+def with_train(config: Config, **changes) -> Config:
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_warmup_sets_the_learning_rate_of_each_update(config: Config, tmp_path: Path) -> None:
+    training.train(with_train(config, warmup_steps=4, max_steps=5), tmp_path)
+    assert [row["lr"] for row in rows(tmp_path)] == pytest.approx([0.005, 0.01, 0.015, 0.02, 0.02])
+
+
+def test_patience_stops_after_that_many_validations_without_a_new_best(config: Config, tmp_path: Path) -> None:
+    # a learning rate too small to change any translation: the first validation stays the best
+    finished = training.train(with_train(config, lr=1e-9, patience=2, max_steps=100), tmp_path)
+
+    assert (finished.reason, finished.step) == ("patience", 3)
+    assert [row["best"] for row in rows(tmp_path)] == [True, False, False]
+    assert checkpoint.load(tmp_path / "last.pt").step == 3 and checkpoint.load(tmp_path / "best.pt").step == 1
+
+
+def test_keep_best_keeps_a_checkpoint_for_each_of_the_n_best_validations(config: Config, tmp_path: Path) -> None:
+    training.train(with_train(config, keep_best=2), tmp_path)
+
+    ranked = sorted(rows(tmp_path), key=lambda row: (-row["valid_bleu"], row["step"]))
+    assert sorted(path.name for path in tmp_path.glob("step-*.pt")) == sorted(f"step-{row['step']}.pt" for row in ranked[:2])
+    assert all(checkpoint.load(path).step == int(path.stem[5:]) for path in tmp_path.glob("step-*.pt"))
+
+
+def test_overwrite_removes_the_kept_checkpoints_of_the_old_run(config: Config, tmp_path: Path) -> None:
+    training.train(with_train(config, keep_best=3), tmp_path)
+    training.train(with_train(config, max_steps=1), tmp_path, overwrite=True)
+    assert not list(tmp_path.glob("step-*.pt"))
