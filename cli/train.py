@@ -60,6 +60,7 @@ def train(
     max_time: Annotated[float | None, Opt(help="Stop after this many minutes (0 = no limit).", rich_help_panel="Training")] = None,
     valid_every: Annotated[int | None, Opt(help="Validate every N updates.", rich_help_panel="Training")] = None,
     seed: Annotated[int | None, Opt(help="Random seed (weights, batch order, dropout).", rich_help_panel="Training")] = None,
+    precision: Annotated[str | None, Opt(help="fp32, or bf16 (autocast; weights and updates stay fp32).", rich_help_panel="Training")] = None,
     print_config: Annotated[bool, Opt("--print-config", help="Print the resolved settings as TOML and exit.")] = False,
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --output from its last.pt, exactly where it stopped.")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --output.")] = False,
@@ -77,7 +78,7 @@ def train(
             "tokenizer.joint": None if separate_vocab is None else not separate_vocab,
             "model.emb_dim": emb_dim, "model.hidden_dim": hidden_dim, "model.layers": layers,
             "train.batch_tokens": batch_tokens, "train.max_steps": max_steps, "train.max_time": max_time,
-            "train.valid_every": valid_every, "train.seed": seed,
+            "train.valid_every": valid_every, "train.seed": seed, "train.precision": precision,
         }
         chosen: dict[str, Any] = dict(configuration.parse_override(text) for text in overrides or [])
         chosen.update({key: value for key, value in flags.items() if value is not None})

@@ -44,6 +44,7 @@ def translate(
     max_length_ratio: Annotated[float | None, Opt(help="Output stops by ratio x source length + constant. [default: 2.0]", show_default=False, rich_help_panel="Search")] = None,
     max_length_constant: Annotated[int | None, Opt(help="The constant of the length limit. [default: 10]", show_default=False, rich_help_panel="Search")] = None,
     min_length: Annotated[int | None, Opt(help="No EOS before this many pieces. [default: 0]", show_default=False, rich_help_panel="Search")] = None,
+    precision: Annotated[str | None, Opt(help="fp32, or bf16 for speed on CPUs with bf16 units. [default: fp32]", show_default=False, rich_help_panel="Search")] = None,
     nbest: Annotated[int, Opt(min=1, help="Print the N best as `id ||| hypothesis ||| score` (Moses format, 0-based id).", rich_help_panel="Output")] = 1,
     scores: Annotated[bool, Opt("--scores", help="Append a tab and the score to each translation.", rich_help_panel="Output")] = False,
     max_source_pieces: Annotated[int, Opt(min=0, help="Translate only the first N pieces of a longer line, with a warning (0 = no limit).", rich_help_panel="Search")] = MAX_SOURCE_PIECES,
@@ -61,7 +62,8 @@ def translate(
 
         loaded = checkpoint.load(model)
         chosen = {"beam_size": beam_size, "batch_size": batch_size, "length_penalty": length_penalty,
-                  "max_length_ratio": max_length_ratio, "max_length_constant": max_length_constant, "min_length": min_length}
+                  "max_length_ratio": max_length_ratio, "max_length_constant": max_length_constant, "min_length": min_length,
+                  "precision": precision}
         search = replace(loaded.config.search, **{k: v for k, v in chosen.items() if v is not None})
         search = replace(search, length_norm=search.length_norm or length_norm)
         Config(search=search).validate()

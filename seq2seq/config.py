@@ -76,6 +76,7 @@ class TrainConfig:
     log_every: int = 50                # report loss, gradient norm and speed every N updates
     max_nonfinite: int = 5             # stop after this many updates in a row skipped for a NaN/inf loss or gradient
     threads: int = 0                   # torch intra-op threads (0 = torch's choice)
+    precision: str = "fp32"            # fp32 | bf16 (autocast for the forward pass; weights and updates stay fp32)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class SearchConfig:
     max_length_ratio: float = 2.0      # a hypothesis ends by ratio * source length + constant
     max_length_constant: int = 10
     min_length: int = 0                # no EOS before this many target pieces
+    precision: str = "fp32"            # fp32 | bf16 (autocast: faster on CPUs with bf16 units)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ class Config:
              and self.train.keep_best >= 1, "train step counts and clip_norm must not be negative; train.keep_best at least 1"),
             (self.train.valid_every > 0 and self.train.log_every > 0, "train.valid_every and train.log_every must be positive"),
             (self.train.max_nonfinite > 0, "train.max_nonfinite must be positive"),
+            (self.train.precision in PRECISIONS and self.search.precision in PRECISIONS,
+             "train.precision and search.precision must be fp32 or bf16"),
             (self.search.beam_size >= 1 and self.search.batch_size >= 1, "search.beam_size and search.batch_size must be at least 1"),
         ]
         for ok, message in checks:
@@ -134,6 +138,7 @@ class Config:
 
 
 TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")
+PRECISIONS = ("fp32", "bf16")
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 

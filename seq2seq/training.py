@@ -194,8 +194,9 @@ def _update(model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, sett
 
     A NaN or inf loss or gradient norm makes no update: the optimizer (and its moments) are left alone.
     """
-    logits = model(batch.src, batch.src_lens, batch.tgt_in)
-    loss = F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
+    with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+        logits = model(batch.src, batch.src_lens, batch.tgt_in)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
                            label_smoothing=settings.label_smoothing, reduction="sum") / batch.tgt_tokens
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

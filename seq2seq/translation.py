@@ -30,7 +30,8 @@ def search_batch(model: Seq2Seq, sources: Sequence[Sequence[int]], search: Searc
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        bf16 = torch.autocast(src.device.type, dtype=torch.bfloat16, enabled=search.precision == "bf16")
+        with torch.inference_mode(), bf16:
             memory, state = model.encode(src, src_lens)
             if search.beam_size == 1 and nbest == 1:
                 best = greedy_search(_step_fn(model, memory), state, batch_size=len(sources), bos_id=BOS_ID,

@@ -147,3 +147,11 @@ def test_version_names_the_libraries() -> None:
 def test_help_does_not_import_torch() -> None:
     code = "import sys; from cli.main import app; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_library_never_imports_typer_or_rich() -> None:
+    library = Path(__file__).resolve().parents[1] / "seq2seq"
+    offenders = [path.name for path in library.glob("*.py") if path.name != "__main__.py"
+                 and any(line.split()[:2] in (["import", "typer"], ["import", "rich"]) or line.startswith(("from typer", "from rich"))
+                         for line in path.read_text().splitlines())]
+    assert offenders == []

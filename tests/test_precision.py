@@ -1,0 +1,48 @@
+"""bf16 autocast: the matrix products run in bf16, while the weights, the loss and the scores stay fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seq2seq.config import Config, SearchConfig, TrainConfig
+from seq2seq.data import Example, collate
+from seq2seq.errors import ConfigError
+from seq2seq.optim import build_optimizer
+from seq2seq.training import _update
+from seq2seq.translation import search_batch
+
+
+def _batch() -> object:
+    return collate([Example([5, 6, 7, 3], [8, 9, 10]), Example([11, 12, 3], [13, 14])])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_update_keeps_fp32_weights_and_a_finite_loss(make_model, precision: str) -> None:
+    model = make_model().train()
+    settings = TrainConfig(precision=precision)
+    loss, grad_norm, finite = _update(model, build_optimizer(model.parameters(), settings), _batch(), settings)
+    assert finite and loss > 0 and grad_norm > 0
+    assert all(param.dtype == torch.float32 for param in model.parameters())
+
+
+def test_bf16_loss_is_close_to_fp32_and_not_identical(make_model) -> None:
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        model = make_model(seed=3).train()
+        torch.manual_seed(0)
+        settings = TrainConfig(precision=precision, lr=1e-9)
+        losses[precision], _, _ = _update(model, build_optimizer(model.parameters(), settings), _batch(), settings)
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
+    assert losses["bf16"] != losses["fp32"], "autocast had no effect"
+
+
+def test_bf16_search_returns_fp32_scores_for_every_sentence(make_model) -> None:
+    model = make_model(scale=0.5)
+    found = search_batch(model, [[5, 6, 7], [8, 9], [10, 11, 12, 13]], SearchConfig(beam_size=3, precision="bf16"))
+    assert len(found) == 3 and all(hyps and isinstance(hyps[0].score, float) and hyps[0].score <= 0 for hyps in found)
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(ConfigError, match="precision"):
+        Config(train=TrainConfig(precision="fp16")).validate()
