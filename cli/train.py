@@ -12,6 +12,7 @@ from cli.console import say, say_error, user_errors
 
 if TYPE_CHECKING:
     from seq2seq.config import Config
+    from seq2seq.inspection import TrainingPreview
     from seq2seq.training import Finished
 
 # The embedded default: CMUdict grapheme-to-phoneme, shipped in the checkout's data/ folder.
@@ -33,6 +34,7 @@ Examples:
       --valid-source val.de.gz --valid-target val.en.gz --output runs/de-en --max-time 30
   seq2seq train --config data/recipes/multi30k.toml --source ... --output runs/de-en
   seq2seq train --config my.toml --set model.dropout=0.2 --print-config
+  seq2seq train --source train.de.gz ... --output runs/de-en --dry-run   # counts, coverage, time per epoch
 
 Every setting lives in the config tree (see --print-config); flags and --set override the file.
 The best checkpoint's path is printed on stdout when training ends."""
@@ -62,6 +64,7 @@ def train(
     seed: Annotated[int | None, Opt(help="Random seed (weights, batch order, dropout).", rich_help_panel="Training")] = None,
     precision: Annotated[str | None, Opt(help="fp32, or bf16 (autocast; weights and updates stay fp32).", rich_help_panel="Training")] = None,
     print_config: Annotated[bool, Opt("--print-config", help="Print the resolved settings as TOML and exit.")] = False,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Check the data, count what would be skipped, time a few updates; write nothing.")] = False,
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --output from its last.pt, exactly where it stopped.")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --output.")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print errors only.")] = False,
@@ -98,6 +101,9 @@ def train(
             if not (use_default or run_config):
                 raise ConfigError("--output is required when training on your own data")
             output = DEFAULT_OUTPUT
+        if dry_run:
+            _dry_run(cfg, output, resume=resume, overwrite=overwrite, quiet=quiet)
+            return
         finished = _run(cfg, output, resume=resume, overwrite=overwrite, quiet=quiet)
         sys.stdout.write(f"{finished.best_path}\n")
 
@@ -133,6 +139,52 @@ def _run(cfg: Config, output: Path, *, resume: bool, overwrite: bool, quiet: boo
                   f"(try a lower --set train.lr=...); {kept}")
         raise typer.Exit(1)
     return finished
+
+
+def _dry_run(cfg: Config, output: Path, *, resume: bool, overwrite: bool, quiet: bool) -> None:
+    """What training would do, as "label  value" lines on stdout (the command's answer, so -q keeps it)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from seq2seq.inspection import preview_training
+
+    if not quiet:
+        say("dry run: reading the data, training the tokenizer and timing a few updates; nothing is written")
+    preview = preview_training(cfg, output, overwrite=overwrite, resume=resume)
+    rows = _preview_rows(preview, cfg, output)
+    width = max(len(label) for label, _ in rows) + 2
+    console = Console(highlight=False, soft_wrap=True)
+    for label, value in rows:
+        console.print(Text.assemble((label.ljust(width), "bold"), value))
+
+
+def _preview_rows(preview: TrainingPreview, cfg: Config, output: Path) -> list[tuple[str, str]]:
+    stats, limit, kinds = preview.train, cfg.data.max_length, cfg.tokenizer
+
+    def unseen(chars: list[tuple[str, int]]) -> str:
+        return ", ".join(f"{char!r} x{count:,}" for char, count in chars) or "none"
+
+    run = f"continues after step {preview.resumed_step:,}" if preview.resumed_step else "a new run"
+    too_long = f"{stats.too_long:,} skipped as over {limit:,} pieces (data.max_length)" if limit else "no length limit"
+    return [
+        ("training pairs", f"{preview.train_lines:,} lines: {stats.kept:,} kept, {stats.empty:,} skipped with an empty side, {too_long}"),
+        ("validation pairs", f"{preview.valid_lines:,} lines ({preview.valid_empty:,} with an empty side)"),
+        ("vocabulary", f"{preview.src_vocab:,} pieces, joint ({kinds.model_type})" if preview.joint
+                       else f"{preview.src_vocab:,} source pieces ({kinds.model_type}), {preview.tgt_vocab:,} target pieces "
+                            f"({kinds.target_model_type or kinds.model_type})"),
+        ("validation <unk>", f"source {preview.src_unknown:.2%}, target {preview.tgt_unknown:.2%} of pieces"),
+        ("unseen characters", f"source {unseen(preview.src_unseen)}; target {unseen(preview.tgt_unseen)} "
+                              "(in validation, not in training)"),
+        ("parameters", f"{preview.parameters:,}"),
+        ("batches", f"{preview.batches_per_epoch:,} an epoch (train.batch_tokens = {cfg.train.batch_tokens:,})"),
+        ("time", f"{preview.seconds_per_update:.3f} s an update (mean of {preview.timed_updates} timed here): about "
+                 f"{_duration(preview.seconds_per_epoch)} an epoch, validation not included"),
+        ("run folder", f"{output}: {run}; nothing was written"),
+    ]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def register(app: typer.Typer) -> None:

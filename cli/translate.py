@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated
 
@@ -13,7 +15,7 @@ import typer
 from cli.console import say, user_errors
 
 if TYPE_CHECKING:
-    from seq2seq.tokenizer import Tokenizer
+    from seq2seq.tokenizer import Tokenizer, Tokenizers
     from seq2seq.translation import Translation
 
 EPILOG = """\
@@ -23,9 +25,14 @@ Examples:
   cat test.de | seq2seq translate -m runs/de-en/best.pt > test.en
   seq2seq translate -m runs/de-en/best.pt --beam-size 1 < test.de      # greedy
   seq2seq translate -m runs/de-en/best.pt --nbest 5 < test.de          # id ||| hypothesis ||| score
+  seq2seq translate -m runs/de-en/best.pt --alignment < test.de        # hypothesis ||| 0-0 1-2 2-1
+  seq2seq translate -m runs/de-en/best.pt -i test.de --attention-plot attention/   # line-000001.png, ...
 
 Scores are the model's log-probability of the output pieces plus EOS (natural log), before any
-length penalty. Typed at a terminal, each line is answered as soon as it is entered."""
+length penalty. Alignments pair 0-based source-target SentencePiece piece indices (fast_align /
+Moses `i-j`), each output piece with the source piece it attended to most. Typed at a terminal,
+each line is answered as soon as it is entered. Reading a file or a pipe, progress shows on stderr
+(a bar on a terminal, a line every 30 s otherwise); -q hides it."""
 
 Opt = typer.Option
 # Four times the default training limit (data.max_length): far above real sentences, far below what
@@ -47,6 +54,8 @@ def translate(
     precision: Annotated[str | None, Opt(help="fp32, or bf16 for speed on CPUs with bf16 units. [default: fp32]", show_default=False, rich_help_panel="Search")] = None,
     nbest: Annotated[int, Opt(min=1, help="Print the N best as `id ||| hypothesis ||| score` (Moses format, 0-based id).", rich_help_panel="Output")] = 1,
     scores: Annotated[bool, Opt("--scores", help="Append a tab and the score to each translation.", rich_help_panel="Output")] = False,
+    alignment: Annotated[bool, Opt("--alignment", help="Follow each translation with ` ||| ` and its hard alignment: 0-based `source-target` piece index pairs (Marian style).", rich_help_panel="Output")] = False,
+    attention_plot: Annotated[Path | None, Opt("--attention-plot", metavar="DIR", help="Draw the attention of each line's best translation into DIR/line-NNNNNN.png (1-based line numbers; needs matplotlib).", show_default=False, rich_help_panel="Output")] = None,
     max_source_pieces: Annotated[int, Opt(min=0, help="Translate only the first N pieces of a longer line, with a warning (0 = no limit).", rich_help_panel="Search")] = MAX_SOURCE_PIECES,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print errors only.")] = False,
 ) -> None:
@@ -57,8 +66,9 @@ def translate(
         from seq2seq import checkpoint
         from seq2seq.config import Config
         from seq2seq.errors import ConfigError
-        from seq2seq.textio import atomic_write
         from seq2seq.translation import translate as run_translation
+
+        from cli.progress import LineProgress
 
         loaded = checkpoint.load(model)
         chosen = {"beam_size": beam_size, "batch_size": batch_size, "length_penalty": length_penalty,
@@ -74,39 +84,123 @@ def translate(
         if interactive and not quiet:
             say("reading lines from the terminal; each is translated when entered (Ctrl-D to finish)")
         warn = (lambda message: None) if quiet else (lambda message: say(f"warning: {message}"))
-        lines = _source_lines(input_path, loaded.tokenizers.src, max_source_pieces, warn)
+        lines, total = _source_lines(input_path, loaded.tokenizers.src, max_source_pieces, warn)
         results = run_translation(loaded.model, loaded.tokenizers, lines, search, nbest=nbest,
-                                  chunk_lines=1 if interactive else None)
+                                  chunk_lines=1 if interactive else None, attention=alignment or attention_plot is not None)
+        draw = _attention_drawer(attention_plot, loaded.tokenizers, input_path)
+        # Translations scrolling on the terminal are their own progress; typed input has no "how far".
+        to_screen = output_path == "-" and sys.stdout.isatty()
+        progress = LineProgress(total, enabled=not (quiet or interactive or to_screen))
+
+        def after(index: int, hypotheses: list[Translation]) -> None:
+            draw(index, hypotheses)
+            progress.advance()
+
         start = time.perf_counter()
-        if output_path == "-":
-            sys.stdout.reconfigure(encoding="utf-8", newline="\n")  # type: ignore[union-attr]
-            count, pieces = _write(results, sys.stdout, nbest=nbest, scores=scores)
-        else:
-            with atomic_write(output_path) as file:
-                count, pieces = _write(results, file, nbest=nbest, scores=scores)
+        with progress, _opened(output_path) as out:
+            count, pieces = _write(results, out, after=after,
+                                   render=partial(_render, nbest=nbest, scores=scores, alignment=alignment))
         seconds = time.perf_counter() - start
         if not quiet and not interactive:
             say(f"translated {count:,} lines ({pieces:,} target pieces) in {seconds:.1f} s: "
                 f"{count / max(seconds, 1e-9):,.1f} lines/s, beam {search.beam_size}")
 
 
-def _source_lines(input_path: str, tokenizer: Tokenizer, max_pieces: int, warn: Callable[[str], None]) -> Iterator[str]:
-    """The lines to translate, each kept whatever it holds, so that output line k answers input line k.
+@contextmanager
+def _opened(output_path: str) -> Iterator[IO[str]]:
+    """stdout as UTF-8 with LF line ends, or a file that appears under its name only when complete."""
+    from seq2seq.textio import atomic_write
+
+    if output_path == "-":
+        sys.stdout.reconfigure(encoding="utf-8", newline="\n")  # type: ignore[union-attr]
+        yield sys.stdout
+    else:
+        with atomic_write(output_path) as file:
+            yield file
+
+
+def _source_lines(
+    input_path: str, tokenizer: Tokenizer, max_pieces: int, warn: Callable[[str], None],
+) -> tuple[Iterator[str], int | None]:
+    """The lines to translate, each kept whatever it holds, so that output line k answers input line k; and their count.
 
     A file is read and checked whole before anything is written (invalid UTF-8 is an error naming the
-    line); stdin is streamed, so its invalid bytes become U+FFFD with a warning instead.
+    line), so its line count is known; stdin is streamed, so its invalid bytes become U+FFFD with a
+    warning instead, and its count is unknown (None).
     """
     from seq2seq.data import cut_long_lines
     from seq2seq.textio import display_name, iter_lines, read_lines
 
     name = display_name(input_path)
     lines = iter_lines("-", on_invalid=warn) if input_path == "-" else read_lines(input_path)
+    total = None if input_path == "-" else len(lines)
     return cut_long_lines(lines, tokenizer, max_pieces=max_pieces, on_cut=lambda number, pieces: warn(
-        f"{name}:{number}: {pieces:,} pieces long; only the first {max_pieces:,} are translated (--max-source-pieces)"))
+        f"{name}:{number}: {pieces:,} pieces long; only the first {max_pieces:,} are translated (--max-source-pieces)")), total
 
 
-def _write(results: Iterator[list[Translation]], out: IO[str], *, nbest: int, scores: bool) -> tuple[int, int]:
-    """Write each input line's result as soon as it is ready; returns (lines, target pieces).
+def _render(index: int, hypotheses: list[Translation], *, nbest: int, scores: bool, alignment: bool) -> str:
+    """One input line's output: its n-best block (Moses `id ||| hypothesis ||| score`), or the best translation.
+
+    With `alignment`, ` ||| i-j ...` follows each hypothesis's text, as Marian prints it (the separator is
+    there even when no piece is aligned, so every line splits the same way); `--scores` still ends the line.
+    """
+    def text(hyp: Translation) -> str:
+        return hyp.text + _alignment(hyp) if alignment else hyp.text
+
+    if nbest > 1:
+        return "".join(f"{index} ||| {text(hyp)} ||| {hyp.score:.4f}\n" for hyp in hypotheses)
+    best = hypotheses[0]
+    return f"{text(best)}\t{best.score:.4f}\n" if scores else f"{text(best)}\n"
+
+
+def _alignment(hyp: Translation) -> str:
+    from seq2seq.translation import hard_alignment
+
+    pairs = hard_alignment(hyp.attention.weights) if hyp.attention is not None else []
+    return " ||| " + " ".join(f"{source}-{target}" for source, target in pairs)
+
+
+def _prepare_plot_folder(folder: Path) -> None:
+    """Check that pictures can be drawn and stored before any translating starts."""
+    from seq2seq.errors import DataError
+    from seq2seq.plotting import require_matplotlib
+
+    require_matplotlib()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError(f"{folder}: is a file; --attention-plot needs a folder") from None
+    except OSError as error:
+        raise DataError(f"{folder}: cannot create the folder ({error.strerror})") from None
+
+
+def _attention_drawer(folder: Path | None, tokenizers: Tokenizers, input_path: str) -> Callable[[int, list[Translation]], None]:
+    """What to do once line `index` (0-based) is written: draw its best translation's attention, or nothing.
+
+    The folder and matplotlib are checked here, before any line is translated.
+    """
+    if folder is None:
+        return lambda index, hypotheses: None
+    from seq2seq.plotting import plot_attention
+    from seq2seq.textio import display_name
+
+    _prepare_plot_folder(folder)
+
+    def draw(index: int, hypotheses: list[Translation]) -> None:
+        best = hypotheses[0]
+        if best.attention is None:  # an empty line: nothing was read, nothing to draw
+            return
+        source = [*tokenizers.src.pieces(best.attention.src_tokens), "</s>"]
+        target = [*tokenizers.tgt.pieces(best.tokens), "</s>"]
+        plot_attention(best.attention.weights.tolist(), source, target, folder / f"line-{index + 1:06d}.png",
+                       title=f"{display_name(input_path)}:{index + 1}")
+
+    return draw
+
+
+def _write(results: Iterator[list[Translation]], out: IO[str], *, render: Callable[[int, list[Translation]], str],
+           after: Callable[[int, list[Translation]], None]) -> tuple[int, int]:
+    """Write each input line's result as soon as it is ready, then call `after`; returns (lines, target pieces).
 
     Streamed input can fail part-way (a NUL byte at line 5,000 of stdin): the error then says how many
     lines were already translated, so that a partial output is never taken for a whole one.
@@ -116,13 +210,9 @@ def _write(results: Iterator[list[Translation]], out: IO[str], *, nbest: int, sc
     count = pieces = 0
     try:
         for index, hypotheses in enumerate(results):
-            if nbest > 1:
-                out.writelines(f"{index} ||| {hyp.text} ||| {hyp.score:.4f}\n" for hyp in hypotheses)
-            elif scores:
-                out.write(f"{hypotheses[0].text}\t{hypotheses[0].score:.4f}\n")
-            else:
-                out.write(hypotheses[0].text + "\n")
+            out.write(render(index, hypotheses))
             out.flush()
+            after(index, hypotheses)
             count += 1
             pieces += len(hypotheses[0].tokens)
     except Seq2SeqError as error:

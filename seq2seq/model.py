@@ -2,7 +2,8 @@
 
 Three verbs: `encode` (source -> memory and the decoder's first state), `decode_step` (one target
 token -> log-probabilities of the next, and the new state) and `forward` (teacher forcing). Both
-`forward` and `decode_step` go through the same `_step`, so training and search cannot drift apart.
+`forward` and `decode_step` go through the same `_step`, so training and search cannot drift apart;
+`attention_weights` reads the weights of that same teacher-forced pass (for pictures and alignments).
 State is a value passed in and returned; the modules remember nothing between calls.
 """
 
@@ -158,8 +159,14 @@ class Seq2Seq(nn.Module):
         batch = final.size(1)
         return final.view(self.layers, -1, batch, final.size(-1)).permute(2, 0, 1, 3).reshape(batch, self.layers, -1)
 
-    def _step(self, input_gates: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
-        """One decoder step from the first layer's input gates to the attentional vector."""
+    def _step(
+        self, input_gates: torch.Tensor, state: DecoderState, memory: Memory,
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """One decoder step from the first layer's input gates to the attentional vector.
+
+        Also returns the attention weights it used (batch, src_len), None without attention: they
+        are a by-product of the step, returned rather than kept on the module.
+        """
         if self.input_feeding:
             input_gates = input_gates + self.feed_map(state.feed)
         hs, cs = [], []
@@ -170,9 +177,10 @@ class Seq2Seq(nn.Module):
             hs.append(h)
             cs.append(c)
         top = hs[-1]
-        features = [self.attention(top, memory)[0], top] if self.attention else [top]
+        context, weights = self.attention(top, memory) if self.attention else (None, None)
+        features = [context, top] if self.attention else [top]
         attentional = self.output_dropout(torch.tanh(self.combine(torch.cat(features, dim=-1))))  # (batch, hidden)
-        return attentional, DecoderState(torch.stack(hs, 1), torch.stack(cs, 1), attentional)
+        return attentional, DecoderState(torch.stack(hs, 1), torch.stack(cs, 1), attentional), weights
 
     def _logits(self, attentional: torch.Tensor) -> torch.Tensor:
         return self.out(self.out_proj(attentional) if hasattr(self, "out_proj") else attentional)
@@ -180,16 +188,36 @@ class Seq2Seq(nn.Module):
     def decode_step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
         """tokens (batch,) -> log-probabilities (batch, tgt_vocab) of the next token, and the new state."""
         input_gates = self.cells[0].input_map(self.embedding_dropout(self.tgt_embed(tokens)))
-        attentional, state = self._step(input_gates, state, memory)
+        attentional, state, _ = self._step(input_gates, state, memory)
         return F.log_softmax(self._logits(attentional).float(), dim=-1), state
 
     def forward(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: logits (batch, tgt_len, tgt_vocab) for every position of `tgt_in`."""
+        outputs, _ = self._unroll(src, src_lens, tgt_in)
+        return self._logits(torch.stack(outputs, dim=1))  # one product for the output layer, too
+
+    def attention_weights(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: the attention (batch, tgt_len, src_len) of every position of `tgt_in` over the source.
+
+        Row t is what the step fed `tgt_in[:, t]` attended to while predicting the next token, the
+        same numbers `decode_step` computes: search stays model-agnostic and the weights of its
+        chosen outputs are recomputed here afterwards.
+        """
+        if self.attention is None:
+            raise ValueError("a model without attention (model.attention = none) has no attention weights")
+        _, weights = self._unroll(src, src_lens, tgt_in)
+        return torch.stack(weights, dim=1)
+
+    def _unroll(
+        self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Encode, then `_step` over every position of `tgt_in`: (attentional vectors, attention weights) per step."""
         memory, state = self.encode(src, src_lens)
         # The first layer's input map runs over all steps in one matrix product.
         input_gates = self.cells[0].input_map(self.embedding_dropout(self.tgt_embed(tgt_in)))  # (batch, tgt_len, gates * hidden)
-        outputs = []
+        outputs, weights = [], []
         for gates_t in input_gates.unbind(1):  # unbind, not [:, t]: its backward does not refill the whole tensor per step
-            attentional, state = self._step(gates_t, state, memory)
+            attentional, state, weights_t = self._step(gates_t, state, memory)
             outputs.append(attentional)
-        return self._logits(torch.stack(outputs, dim=1))  # one product for the output layer, too
+            weights.append(weights_t)
+        return outputs, weights

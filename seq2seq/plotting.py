@@ -1,4 +1,5 @@
-"""Training curves from a run's metrics.jsonl, drawn with matplotlib (the optional `plot` extra).
+"""Pictures, drawn with matplotlib (the optional `plot` extra): a run's training curves from its
+metrics.jsonl, and a translation's attention as a heatmap of source pieces against output pieces.
 
 matplotlib is imported only when a picture is drawn, and only through its object API on an Agg
 canvas: no pyplot, no process-wide backend switch, no display needed.
@@ -7,6 +8,8 @@ canvas: no pyplot, no process-wide backend switch, no display needed.
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,9 @@ PANELS = (
     ("validation BLEU", "linear", (("valid_bleu", "greedy, sacreBLEU"),)),
 )
 X_AXES = (("step", 1.0, "step"), ("elapsed_s", 60.0, "minutes"))  # (key, divisor, label): left and right columns
+# Attention pictures: one square cell per (output piece, source piece), with room around for the labels;
+# long sentences get smaller cells so that a 400-piece line stays a picture a viewer can open.
+CELL_PX, MIN_CELL_PX, MAX_GRID_PX, MARGIN_PX = 28, 8, 3200, 200
 
 
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:
@@ -78,13 +84,52 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, *, width: int = 12
         figure.savefig(file, format=fmt, dpi=DPI)
 
 
+def attention_picture_size(columns: int, rows: int) -> tuple[int, int]:
+    """(width, height) in pixels of the attention picture of `columns` source and `rows` output labels."""
+    cell = max(MIN_CELL_PX, min(CELL_PX, MAX_GRID_PX // max(columns, rows, 1)))
+    return MARGIN_PX + cell * columns, MARGIN_PX + cell * rows
+
+
+def plot_attention(weights: Sequence[Sequence[float]], source: Sequence[str], target: Sequence[str],
+                   path: str | Path, *, title: str = "") -> None:
+    """Draw attention weights (one row per `target` label, one column per `source` label) as a PNG heatmap.
+
+    Labels are drawn as given (SentencePiece pieces, EOS included); a glyph the font lacks is drawn
+    as a box rather than stopping the picture, so those warnings are silenced.
+    """
+    width, height = attention_picture_size(len(source), len(target))
+    figure = _figure(width, height)
+    ax = figure.add_subplot()
+    image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    fontsize = max(4.0, 0.36 * min(CELL_PX, (width - MARGIN_PX) / max(len(source), 1)))
+    ax.set_xticks(range(len(source)), labels=list(source), rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(len(target)), labels=list(target), fontsize=fontsize)
+    ax.tick_params(top=True, labeltop=True, bottom=False, labelbottom=False)
+    ax.set_xlabel("source pieces")
+    ax.set_ylabel("output pieces")
+    figure.colorbar(image, ax=ax, fraction=0.05, shrink=0.8, label="attention")
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    with warnings.catch_warnings(), atomic_write(path, binary=True) as file:
+        warnings.simplefilter("ignore", UserWarning)
+        figure.savefig(file, format="png", dpi=DPI)
+
+
+def require_matplotlib() -> None:
+    """Fail early, in one line, when matplotlib is missing: before hours of work whose pictures could not be drawn."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
+    except ImportError:
+        raise Seq2SeqError("drawing pictures needs matplotlib: pip install 'seq2seq[plot]' (or pip install matplotlib)") from None
+
+
 def _figure(width: int, height: int) -> Any:
     """An empty matplotlib Figure of width x height pixels on an Agg canvas."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise Seq2SeqError("drawing curves needs matplotlib: pip install 'seq2seq[plot]' (or pip install matplotlib)") from None
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure

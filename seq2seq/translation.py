@@ -1,8 +1,13 @@
-"""Text in, text out: tokenize, batch by length, encode, search, detokenize, restore input order."""
+"""Text in, text out: tokenize, batch by length, encode, search, detokenize, restore input order.
+
+Asked for, each output also carries its attention over the source (for pictures and alignments),
+recomputed after the search by teacher forcing so that the search itself stays model-agnostic.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import islice
 from typing import NamedTuple
 
@@ -10,6 +15,7 @@ import torch
 
 from seq2seq.config import SearchConfig
 from seq2seq.data import pad
+from seq2seq.errors import ConfigError
 from seq2seq.model import Memory, Seq2Seq
 from seq2seq.search import Hypothesis, StepFn, beam_search, greedy_search, repeat_rows
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
@@ -17,32 +23,72 @@ from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
 BARRED = (PAD_ID, BOS_ID)  # never proposed by the search: padding, and BOS after the start
 
 
+class SourceAttention(NamedTuple):
+    """Where an output looked while it was written, piece by piece (SentencePiece pieces, not words)."""
+
+    src_tokens: list[int]   # source piece ids, without the EOS the model reads after them
+    weights: torch.Tensor   # (len(tokens) + 1, len(src_tokens) + 1): rows the output's pieces + EOS, columns the source's + EOS
+
+
 class Translation(NamedTuple):
     text: str
     score: float        # log-probability of the output pieces + EOS (0.0 for an empty input)
     tokens: list[int]   # target piece ids, without BOS/EOS
+    attention: SourceAttention | None = None  # only when asked for; None for an empty input
+
+
+@contextmanager
+def _inference(model: Seq2Seq, precision: str) -> Iterator[None]:
+    """Eval mode (no dropout), no autograd, bf16 autocast if asked; the model's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        model.train(was_training)
 
 
 def search_batch(model: Seq2Seq, sources: Sequence[Sequence[int]], search: SearchConfig, *, nbest: int = 1) -> list[list[Hypothesis]]:
     """Search for a batch of encoded, non-empty sources (EOS appended here): nbest hypotheses each."""
     src, src_lens = pad([[*ids, EOS_ID] for ids in sources])
     max_lens = (src_lens * search.max_length_ratio + search.max_length_constant).long().clamp(min=search.min_length + 1)
-    was_training = model.training
-    model.eval()
-    try:
-        bf16 = torch.autocast(src.device.type, dtype=torch.bfloat16, enabled=search.precision == "bf16")
-        with torch.inference_mode(), bf16:
-            memory, state = model.encode(src, src_lens)
-            if search.beam_size == 1 and nbest == 1:
-                best = greedy_search(_step_fn(model, memory), state, batch_size=len(sources), bos_id=BOS_ID,
-                                     eos_id=EOS_ID, max_lens=max_lens, min_length=search.min_length, banned=BARRED)
-                return [[hyp] for hyp in best]
-            return beam_search(_step_fn(model, repeat_rows(memory, search.beam_size)), state,
-                               batch_size=len(sources), beam_size=search.beam_size, bos_id=BOS_ID, eos_id=EOS_ID,
-                               max_lens=max_lens, min_length=search.min_length, alpha=search.length_penalty,
-                               length_norm=search.length_norm, nbest=nbest, banned=BARRED)
-    finally:
-        model.train(was_training)
+    with _inference(model, search.precision):
+        memory, state = model.encode(src, src_lens)
+        if search.beam_size == 1 and nbest == 1:
+            best = greedy_search(_step_fn(model, memory), state, batch_size=len(sources), bos_id=BOS_ID,
+                                 eos_id=EOS_ID, max_lens=max_lens, min_length=search.min_length, banned=BARRED)
+            return [[hyp] for hyp in best]
+        return beam_search(_step_fn(model, repeat_rows(memory, search.beam_size)), state,
+                           batch_size=len(sources), beam_size=search.beam_size, bos_id=BOS_ID, eos_id=EOS_ID,
+                           max_lens=max_lens, min_length=search.min_length, alpha=search.length_penalty,
+                           length_norm=search.length_norm, nbest=nbest, banned=BARRED)
+
+
+def attention_batch(
+    model: Seq2Seq, sources: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]], *, precision: str = "fp32",
+) -> list[torch.Tensor]:
+    """The attention of each output over its source: (len(output) + 1, len(source) + 1) weights each.
+
+    Recomputed by teacher forcing through the model's own decoder step, so the rows are the weights
+    the search's steps used for these outputs (up to rounding between batch shapes).
+    """
+    src, src_lens = pad([[*ids, EOS_ID] for ids in sources])
+    tgt_in, _ = pad([[BOS_ID, *ids] for ids in outputs])
+    with _inference(model, precision):
+        weights = model.attention_weights(src, src_lens, tgt_in).float()  # (batch, tgt_len, src_len)
+    return [weights[row, : len(output) + 1, : len(source) + 1] for row, (source, output) in enumerate(zip(sources, outputs))]
+
+
+def hard_alignment(weights: torch.Tensor) -> list[tuple[int, int]]:
+    """(source, target) piece index pairs, 0-based, in target order: each output piece to the source piece it attended to most.
+
+    The output's EOS row is left out; a piece that attended most to the source's EOS is left
+    unaligned (as NULL in fast_align) rather than pinned to a piece it did not look at.
+    """
+    source_pieces = weights.size(1) - 1
+    best = weights[:-1].argmax(dim=1).tolist()
+    return [(source, target) for target, source in enumerate(best) if source < source_pieces]
 
 
 def _step_fn(model: Seq2Seq, memory: Memory) -> StepFn:
@@ -52,27 +98,50 @@ def _step_fn(model: Seq2Seq, memory: Memory) -> StepFn:
 
 def translate(
     model: Seq2Seq, tokenizers: Tokenizers, lines: Iterable[str], search: SearchConfig, *,
-    nbest: int = 1, chunk_lines: int | None = None,
+    nbest: int = 1, chunk_lines: int | None = None, attention: bool = False,
 ) -> Iterator[list[Translation]]:
     """Yield the nbest translations of each line, in input order, as soon as its chunk is done.
 
     Lines are read `chunk_lines` at a time (default: 8 batches), sorted by length inside the chunk
     so that batches carry little padding, and put back in order; memory stays flat however long
-    the input. An empty line gives an empty translation without calling the model.
+    the input. An empty line gives an empty translation without calling the model. With
+    `attention`, every hypothesis carries its `SourceAttention`.
     """
-    chunk_lines = chunk_lines or 8 * search.batch_size
-    lines = iter(lines)
+    if attention and model.attention is None:  # checked now, not when the first line is read
+        raise ConfigError("this model has no attention (model.attention = none): there is no attention "
+                          "to draw or align (--attention-plot, --alignment)")
+    return _translate(model, tokenizers, iter(lines), search, nbest=nbest,
+                      chunk_lines=chunk_lines or 8 * search.batch_size, attention=attention)
+
+
+def _translate(
+    model: Seq2Seq, tokenizers: Tokenizers, lines: Iterator[str], search: SearchConfig, *,
+    nbest: int, chunk_lines: int, attention: bool,
+) -> Iterator[list[Translation]]:
+    """`translate`'s loop, once its arguments are checked."""
     while chunk := list(islice(lines, chunk_lines)):
         encoded = tokenizers.src.encode(chunk)
         results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in chunk]
         order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), search.batch_size):
             indices = order[start : start + search.batch_size]
-            found = search_batch(model, [encoded[i] for i in indices], search, nbest=nbest)
-            for index, hypotheses in zip(indices, found):
+            sources = [encoded[i] for i in indices]
+            found = search_batch(model, sources, search, nbest=nbest)
+            looked = _attention(model, sources, found, search.precision) if attention else [[None] * len(h) for h in found]
+            for index, hypotheses, attended in zip(indices, found, looked):
                 texts = tokenizers.tgt.decode([hyp.tokens for hyp in hypotheses])
-                results[index] = [Translation(text, hyp.score, hyp.tokens) for text, hyp in zip(texts, hypotheses)]
+                results[index] = [Translation(text, hyp.score, hyp.tokens, seen)
+                                  for text, hyp, seen in zip(texts, hypotheses, attended)]
         yield from results
+
+
+def _attention(
+    model: Seq2Seq, sources: Sequence[list[int]], found: Sequence[list[Hypothesis]], precision: str,
+) -> list[list[SourceAttention]]:
+    """Each hypothesis's attention over its source, all of a batch's hypotheses in one teacher-forced pass."""
+    pairs = [(source, hyp.tokens) for source, hypotheses in zip(sources, found) for hyp in hypotheses]
+    weights = iter(attention_batch(model, [src for src, _ in pairs], [out for _, out in pairs], precision=precision))
+    return [[SourceAttention(source, next(weights)) for _ in hypotheses] for source, hypotheses in zip(sources, found)]
 
 
 def translate_all(model: Seq2Seq, tokenizers: Tokenizers, lines: Sequence[str], search: SearchConfig) -> list[str]:

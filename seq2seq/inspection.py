@@ -1,0 +1,139 @@
+"""What a training run would do, found out without doing it (`seq2seq train --dry-run`).
+
+The data is read and checked as training reads it, the tokenizer(s) trained, the model built and a
+few real updates timed on real batches; then all of it is dropped and nothing is written. Problems
+a real run would stop on (files of different lengths, no usable pairs, a run folder in the way)
+raise the same errors here, before anyone waits for them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from seq2seq import checkpoint, runfolder
+from seq2seq.config import Config, TrainConfig
+from seq2seq.data import Batch, Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel
+from seq2seq.errors import ConfigError, DataError
+from seq2seq.model import Seq2Seq
+from seq2seq.optim import build_optimizer
+from seq2seq.tokenizer import PAD_ID, UNK_ID, Tokenizer, train_tokenizers
+
+UNSEEN_SHOWN = 10  # the most frequent unseen characters a report lists, per side
+
+
+@dataclass(frozen=True)
+class TrainingPreview:
+    """Facts about a run that has not happened: data, vocabulary, model size and speed on this machine."""
+
+    train_lines: int
+    valid_lines: int
+    train: FilterStats                       # what training keeps and skips (empty side; over data.max_length)
+    valid_empty: int                         # validation pairs with an empty side (no loss; still scored by BLEU)
+    src_vocab: int
+    tgt_vocab: int
+    joint: bool
+    src_unknown: float                       # share of the validation source's pieces that are <unk>
+    tgt_unknown: float                       # the same for the validation target
+    src_unseen: list[tuple[str, int]]        # validation source characters absent from the training source, most frequent first
+    tgt_unseen: list[tuple[str, int]]
+    parameters: int
+    batches_per_epoch: int
+    timed_updates: int                       # real updates timed (after one untimed warm-up)
+    seconds_per_update: float                # their mean, on batches spread over the epoch's range of sizes
+    resumed_step: int                        # the step a resumed run would continue after; 0 for a new run
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        """Updates only: validation (loss and greedy BLEU) comes on top, every train.valid_every updates."""
+        return self.seconds_per_update * self.batches_per_epoch
+
+
+def preview_training(
+    cfg: Config, out_dir: str | Path | None = None, *, overwrite: bool = False, resume: bool = False, timed_updates: int = 5,
+) -> TrainingPreview:
+    """Check cfg.data (and `out_dir`, when given) as `train` would, and measure what can be measured; write nothing."""
+    data = cfg.data
+    if not (data.source and data.target and data.valid_source and data.valid_target):
+        raise ConfigError("training needs data.source, data.target, data.valid_source and data.valid_target")
+    resumed = runfolder.check(Path(out_dir), cfg, overwrite=overwrite, resume=resume) if out_dir is not None else None
+    src_lines, tgt_lines = read_parallel(data.source, data.target)
+    valid_src, valid_tgt = read_parallel(data.valid_source, data.valid_target)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    tokenizers = resumed.checkpoint.tokenizers if resumed else train_tokenizers(src_lines, tgt_lines, cfg.tokenizer)
+    examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length)
+    if not examples:
+        raise DataError(f"{data.source}: no usable training pairs ({stats.empty} empty, {stats.too_long} too long)")
+    valid_examples, valid_stats = encode_pairs(valid_src, valid_tgt, tokenizers, max_length=0)
+    model = resumed.checkpoint.model if resumed else checkpoint.build_model(cfg, tokenizers)
+    # How many batches an epoch has depends on the lengths alone, not on the seeded shuffle.
+    plan = plan_batches(examples, batch_tokens=cfg.train.batch_tokens, generator=torch.Generator().manual_seed(cfg.train.seed))
+    seconds = _time_updates(model, examples, plan, cfg.train, timed_updates)
+    return TrainingPreview(
+        train_lines=len(src_lines), valid_lines=len(valid_src), train=stats, valid_empty=valid_stats.empty,
+        src_vocab=tokenizers.src.vocab_size, tgt_vocab=tokenizers.tgt.vocab_size, joint=tokenizers.joint,
+        src_unknown=unknown_share(tokenizers.src, valid_src), tgt_unknown=unknown_share(tokenizers.tgt, valid_tgt),
+        src_unseen=unseen_characters(src_lines, valid_src), tgt_unseen=unseen_characters(tgt_lines, valid_tgt),
+        parameters=sum(param.numel() for param in model.parameters()), batches_per_epoch=len(plan),
+        timed_updates=min(timed_updates, len(plan)), seconds_per_update=seconds,
+        resumed_step=resumed.state.step if resumed else 0,
+    )
+
+
+def unknown_share(tokenizer: Tokenizer, lines: Sequence[str]) -> float:
+    """The share of the pieces of `lines` that the tokenizer can only call <unk> (0.0 for no pieces)."""
+    encoded = tokenizer.encode(lines)
+    pieces = sum(len(ids) for ids in encoded)
+    return sum(ids.count(UNK_ID) for ids in encoded) / pieces if pieces else 0.0
+
+
+def unseen_characters(train_lines: Sequence[str], valid_lines: Sequence[str]) -> list[tuple[str, int]]:
+    """Characters of the validation lines that no training line holds, most frequent first: what will become <unk>."""
+    seen = set("".join(train_lines))
+    counts = Counter(char for char in "".join(valid_lines) if char not in seen and not char.isspace())
+    return counts.most_common(UNSEEN_SHOWN)
+
+
+def _time_updates(model: Seq2Seq, examples: list[Example], plan: list[list[int]], settings: TrainConfig, count: int) -> float:
+    """Mean seconds of `count` real updates on batches spread from the epoch's smallest to its largest.
+
+    Batch cost varies with sentence length (a recurrent decoder runs one step per target position), so
+    the first few batches of a shuffled epoch could all be short; quantiles of the cost cover the range.
+    One untimed update first pays for first-call allocations. The model and a fresh optimizer are
+    changed by these updates and then dropped.
+    """
+    def cost(batch: list[int]) -> int:
+        return len(batch) * max(len(examples[i].src) + len(examples[i].tgt) for i in batch)
+
+    by_cost = sorted(plan, key=cost)
+    count = min(count, len(by_cost))
+    chosen = [by_cost[round(k * (len(by_cost) - 1) / max(count - 1, 1))] for k in range(count)]
+    optimizer = build_optimizer(model.parameters(), settings)
+    model.train()
+    _update(model, optimizer, collate([examples[i] for i in by_cost[len(by_cost) // 2]]), settings)
+    start = time.perf_counter()
+    for batch in chosen:
+        _update(model, optimizer, collate([examples[i] for i in batch]), settings)
+    return (time.perf_counter() - start) / max(count, 1)
+
+
+def _update(model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, settings: TrainConfig) -> None:
+    """One update as a single training process makes it: the forward (bf16 autocast if set), the label-smoothed
+    loss, backward, clipping and the optimizer step; the same work as `seq2seq.training`'s, not its bookkeeping."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+        logits = model(batch.src, batch.src_lens, batch.tgt_in)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
+                           label_smoothing=settings.label_smoothing, reduction="sum") / batch.tgt_tokens
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm or math.inf)
+    optimizer.step()
