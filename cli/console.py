@@ -13,8 +13,11 @@ from rich.markup import escape
 
 from seq2seq.errors import Seq2SeqError
 
+# Under torchrun every rank runs this command; only rank 0 speaks for the run (the library shares every
+# decision and error with it), read from torchrun's RANK so that no torch import is needed here.
+SPEAKS = os.environ.get("RANK", "0") in ("", "0")
 # Data goes to stdout; everything a person reads goes here. rich honours NO_COLOR.
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, quiet=not SPEAKS)
 
 
 def say(message: str) -> None:

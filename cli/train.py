@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.console import say, say_error, user_errors
+from cli.console import SPEAKS, say, say_error, user_errors
 
 if TYPE_CHECKING:
     from seq2seq.config import Config
@@ -105,7 +105,8 @@ def train(
             _dry_run(cfg, output, resume=resume, overwrite=overwrite, quiet=quiet)
             return
         finished = _run(cfg, output, resume=resume, overwrite=overwrite, quiet=quiet)
-        sys.stdout.write(f"{finished.best_path}\n")
+        if SPEAKS:
+            sys.stdout.write(f"{finished.best_path}\n")
 
 
 def _run_config(output: Path) -> Config | None:

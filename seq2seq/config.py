@@ -77,6 +77,7 @@ class TrainConfig:
     max_nonfinite: int = 5             # stop after this many updates in a row skipped for a NaN/inf loss or gradient
     threads: int = 0                   # torch intra-op threads (0 = torch's choice)
     precision: str = "fp32"            # fp32 | bf16 (autocast for the forward pass; weights and updates stay fp32)
+    backend: str = "auto"              # auto | gloo | nccl: how torchrun's processes talk (auto: nccl with CUDA, else gloo)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class Config:
             (self.train.precision in PRECISIONS and self.search.precision in PRECISIONS,
              "train.precision and search.precision must be fp32 or bf16"),
             (self.search.beam_size >= 1 and self.search.batch_size >= 1, "search.beam_size and search.batch_size must be at least 1"),
+            (self.train.backend in ("auto", "gloo", "nccl"), "train.backend must be auto, gloo or nccl"),
         ]
         for ok, message in checks:
             if not ok:

@@ -29,6 +29,9 @@ class Batch(NamedTuple):
     def tgt_tokens(self) -> int:
         return int((self.tgt_out != PAD_ID).sum())
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(tensor.to(device) for tensor in self))
+
 
 @dataclass(frozen=True)
 class FilterStats:
@@ -123,3 +126,12 @@ def plan_batches(examples: Sequence[Example], *, batch_tokens: int, generator: t
         batches.append(current)
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffled]
+
+
+def share(batch: Sequence[int], *, rank: int, ranks: int) -> list[int]:
+    """Rank `rank`'s part of a planned batch when `ranks` processes train on it together.
+
+    A batch's examples sit in length order, so every ranks-th one from `rank` on gives each rank a part of
+    about the same size and lengths. A part is empty when the batch holds fewer examples than there are ranks.
+    """
+    return list(batch[rank::ranks])

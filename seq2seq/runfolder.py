@@ -7,6 +7,10 @@ moments, the learning-rate schedule's state, the loop's position (step, epoch, b
 epoch), the best BLEU so far, the metrics history (which early stopping counts from), the time trained
 and torch's RNG state (the next dropout masks). The batch order
 needs nothing saved: each epoch's plan is a function of (seed, epoch).
+
+A run trained by several processes (seq2seq.distributed) also records how many there were and each one's
+RNG state, and resumes only with as many: its batches hold that many shares, and each rank draws its own
+dropout masks.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ KEPT_BEST = "step-*.pt"  # train.keep_best's extra checkpoints
 # schedule, seed, batching) shapes the next updates.
 MAY_CHANGE_ON_RESUME = (
     "train.max_steps", "train.max_time", "train.patience", "train.valid_every", "train.log_every", "train.threads",
-    "train.max_nonfinite", "train.keep_best", "data.valid_source", "data.valid_target", "search.",
+    "train.max_nonfinite", "train.keep_best", "train.backend", "data.valid_source", "data.valid_target", "search.",
 )
 
 
@@ -59,14 +63,17 @@ class Resumed(NamedTuple):
     state: LoopState
 
 
-def check(out_dir: Path, cfg: Config, *, overwrite: bool, resume: bool) -> Resumed | None:
-    """Decide whether a run may go into `out_dir`, writing nothing; when resuming, return what last.pt holds."""
+def check(out_dir: Path, cfg: Config, *, overwrite: bool, resume: bool, world_size: int = 1) -> Resumed | None:
+    """Decide whether a run may go into `out_dir`, writing nothing; when resuming, return what last.pt holds.
+
+    `world_size`: how many processes will train together; a run resumes only with as many as trained it.
+    """
     if overwrite and resume:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run in the folder, or replace it")
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: is a file, but the run folder must be a folder")
     if resume:
-        return _resumable(out_dir, cfg)
+        return _resumable(out_dir, cfg, world_size)
     existing = [path.name for path in _run_files(out_dir)]
     if existing and not overwrite:
         raise ConfigError(
@@ -75,7 +82,7 @@ def check(out_dir: Path, cfg: Config, *, overwrite: bool, resume: bool) -> Resum
     return None
 
 
-def _resumable(out_dir: Path, cfg: Config) -> Resumed:
+def _resumable(out_dir: Path, cfg: Config, world_size: int) -> Resumed:
     last = out_dir / "last.pt"
     if not last.is_file():
         raise ConfigError(f"{out_dir}: no run to resume (no last.pt there); start one without --resume")
@@ -84,6 +91,13 @@ def _resumable(out_dir: Path, cfg: Config) -> Resumed:
     if not ({"loop", "optimizer", "schedule", "rng"} <= saved.training.keys() and set(saved.training["loop"]) == loop_fields):
         raise CheckpointError(f"{last}: holds no complete training state, so the run cannot be resumed")
     state = LoopState(**saved.training["loop"])
+    trained_by = saved.training.get("world_size", 1)
+    if trained_by != world_size:
+        how = "in one process (without torchrun)" if trained_by == 1 else f"with torchrun, --nnodes x --nproc-per-node = {trained_by}"
+        raise ConfigError(
+            f"cannot resume {out_dir}: it was trained by {_processes(trained_by)} and this run has {_processes(world_size)}; "
+            f"its batches were planned for {trained_by} (train.batch_tokens each), so resume it {how}"
+        )
     changed = _changed_setting(saved.config, cfg)
     if changed:
         name, before, now = changed
@@ -97,6 +111,10 @@ def _resumable(out_dir: Path, cfg: Config) -> Resumed:
             "raise --max-steps or --max-time to continue it"
         )
     return Resumed(saved, state)
+
+
+def _processes(count: int) -> str:
+    return "1 process" if count == 1 else f"{count} processes"
 
 
 def _changed_setting(saved: Config, cfg: Config) -> tuple[str, Any, Any] | None:
@@ -126,15 +144,38 @@ def _run_files(out_dir: Path) -> list[Path]:
     return [out_dir / name for name in RUN_FILES if (out_dir / name).exists()] + sorted(out_dir.glob(KEPT_BEST))
 
 
-def training_state(state: LoopState, optimizer: torch.optim.Optimizer, rate: LearningRate) -> dict[str, Any]:
-    """What last.pt needs for an exact resume; the RNG state is taken now, at the step boundary."""
-    return {"loop": dataclasses.asdict(state), "optimizer": optimizer.state_dict(), "schedule": rate.state_dict(),
-            "rng": torch.get_rng_state()}
+def training_state(
+    state: LoopState, optimizer: torch.optim.Optimizer, rate: LearningRate, *, rng_by_rank: list[dict] | None = None
+) -> dict[str, Any]:
+    """What last.pt needs for an exact resume; the RNG state is taken now, at the step boundary.
+
+    With several processes, `rng_by_rank` holds every rank's `rng_state()` (gathered on rank 0, which saves).
+    """
+    training = {"loop": dataclasses.asdict(state), "optimizer": optimizer.state_dict(), "schedule": rate.state_dict(),
+                "rng": torch.get_rng_state(), "world_size": len(rng_by_rank) if rng_by_rank else 1}
+    if rng_by_rank:
+        training["rng_by_rank"] = rng_by_rank
+    return training
 
 
-def restore(resumed: Resumed, optimizer: torch.optim.Optimizer, rate: LearningRate) -> LoopState:
-    """Put the optimizer's moments, the schedule's state and torch's RNG back as they were at the save."""
-    optimizer.load_state_dict(resumed.checkpoint.training["optimizer"])
-    rate.load_state_dict(resumed.checkpoint.training["schedule"])
-    torch.set_rng_state(resumed.checkpoint.training["rng"])
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random state: torch's CPU generator, and its GPU's when it trains on one (dropout draws there)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore(resumed: Resumed, optimizer: torch.optim.Optimizer, rate: LearningRate, *, rank: int = 0) -> LoopState:
+    """Put the optimizer's moments, the schedule's state and torch's RNG (this rank's) back as they were at the save."""
+    training = resumed.checkpoint.training
+    optimizer.load_state_dict(training["optimizer"])
+    rate.load_state_dict(training["schedule"])
+    if "rng_by_rank" in training:
+        mine = training["rng_by_rank"][rank]
+        torch.set_rng_state(mine["cpu"])
+        if "cuda" in mine:
+            torch.cuda.set_rng_state(mine["cuda"], torch.cuda.current_device())
+    else:
+        torch.set_rng_state(training["rng"])
     return resumed.state

@@ -3,10 +3,15 @@
 A run can stop at any step boundary and later continue exactly where it stopped (`resume`): last.pt
 carries the whole training state (see `seq2seq.runfolder`). `should_stop` is asked after every update;
 the CLI answers it from its Ctrl-C and SIGTERM handlers.
+
+Started by torchrun, the same loop runs in every process (`seq2seq.distributed`): each rank trains on its
+share of every batch and DDP averages the gradients; rank 0 alone validates, writes files and reports;
+every decision (skip a non-finite update, a new best, stop) is taken once, the same on every rank.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -16,10 +21,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from seq2seq import checkpoint, metrics, runfolder
+from seq2seq import checkpoint, distributed, metrics, runfolder
 from seq2seq.config import Config, TrainConfig, to_toml
-from seq2seq.data import Batch, Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel
+from seq2seq.data import Batch, Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel, share
+from seq2seq.distributed import ALONE, World
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.model import Seq2Seq
 from seq2seq.optim import LearningRate, build_optimizer
@@ -30,6 +37,9 @@ from seq2seq.translation import translate_all
 
 LIMITS = ("max_steps", "max_time")
 COMPLETE = (*LIMITS, "patience")  # the run ended as its settings asked: validated and saved
+# Why a step may end the run, least urgent first; ranks that disagree (their clocks, their signals) take the
+# most urgent. A limit outranks a stop request, as in one process: the run then validates before it ends.
+STOP_RANKING = ("", "interrupted", "terminated", "max_time", "max_steps")
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class StepsDone:
     grad_norm_max: float
     clipped: int         # how many of those steps were rescaled to clip_norm
     skipped: int         # steps whose loss or gradient was not finite (no update made)
-    tokens_per_s: float  # target tokens per second of wall clock, validation excluded
+    tokens_per_s: float  # target tokens per second of wall clock (all ranks together), validation excluded
     elapsed: float       # seconds trained, all sessions of a resumed run together
 
 
@@ -102,8 +112,10 @@ class _Run:
 
     cfg: Config
     out_dir: Path
+    world: World
     tokenizers: Tokenizers
-    model: Seq2Seq
+    model: Seq2Seq        # what is validated and saved: never wrapped
+    network: nn.Module    # what the training forward goes through: the model, or DDP around it
     optimizer: torch.optim.Optimizer
     rate: LearningRate
     examples: list[Example]
@@ -120,60 +132,91 @@ def train(
 
     `resume` continues the run in `out_dir` from its last.pt with that run's tokenizers, exactly as if it
     had never stopped. Nothing is written before the folder, the settings and the data have been checked.
+    Under torchrun every process calls this alike (see `seq2seq.distributed`); only rank 0 writes and reports.
     """
     data = cfg.data
     if not (data.source and data.target and data.valid_source and data.valid_target):
         raise ConfigError("training needs data.source, data.target, data.valid_source and data.valid_target")
-    out_dir = Path(out_dir)
-    resumed = runfolder.check(out_dir, cfg, overwrite=overwrite, resume=resume)
-    src_lines, tgt_lines = read_parallel(data.source, data.target)
-    valid_src, valid_tgt = read_parallel(data.valid_source, data.valid_target)
-    runfolder.prepare(out_dir, overwrite=overwrite)
-    with atomic_write(out_dir / "config.toml") as file:
-        file.write(to_toml(cfg))
+    with distributed.join(cfg.train.backend) as world:
+        return _train(cfg, Path(out_dir), world, report if world.is_main else _silent, overwrite=overwrite,
+                      resume=resume, should_stop=should_stop)
+
+
+def _silent(event: Event) -> None:
+    """Ranks other than 0 report nothing: one process speaks for the run."""
+
+
+def _train(
+    cfg: Config, out_dir: Path, world: World, report: Report, *, overwrite: bool, resume: bool, should_stop: StopCheck
+) -> Finished:
+    data = cfg.data
+    # Every rank checks the folder and reads the data, writing nothing; an error on any rank stops them all.
+    resumed, src_lines, tgt_lines, valid_src, valid_tgt = world.everywhere(
+        lambda: _check_and_read(cfg, out_dir, world.size, overwrite=overwrite, resume=resume))
+    world.on_main(lambda: _prepare(out_dir, cfg, overwrite=overwrite))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    tokenizers = resumed.checkpoint.tokenizers if resumed else train_tokenizers(src_lines, tgt_lines, cfg.tokenizer)
+    tokenizers = resumed.checkpoint.tokenizers if resumed else world.on_main(
+        lambda: train_tokenizers(src_lines, tgt_lines, cfg.tokenizer))
     examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length)
     if not examples:
         raise DataError(f"{data.source}: no usable training pairs ({stats.empty} empty, {stats.too_long} too long)")
     valid_examples, _ = encode_pairs(valid_src, valid_tgt, tokenizers, max_length=0)
-    model = resumed.checkpoint.model if resumed else checkpoint.build_model(cfg, tokenizers)
+    model = (resumed.checkpoint.model if resumed else checkpoint.build_model(cfg, tokenizers)).to(world.device)
+    network = world.wrap(model)  # every rank starts from rank 0's weights
+    if world.size > 1 and not resumed:
+        torch.manual_seed(cfg.train.seed + world.rank)  # each rank draws its own dropout masks
     optimizer, rate = build_optimizer(model.parameters(), cfg.train), LearningRate(cfg.train)
-    state = runfolder.restore(resumed, optimizer, rate) if resumed else LoopState()
+    state = runfolder.restore(resumed, optimizer, rate, rank=world.rank) if resumed else LoopState()
     if resumed:  # last.pt may be newer than metrics.jsonl (a kill between the two writes)
-        _write_metrics(out_dir / "metrics.jsonl", state.history)
-    run = _Run(cfg, out_dir, tokenizers, model, optimizer, rate, examples, valid_examples, valid_src, valid_tgt)
+        world.on_main(lambda: _write_metrics(out_dir / "metrics.jsonl", state.history))
+    run = _Run(cfg, out_dir, world, tokenizers, model, network, optimizer, rate, examples, valid_examples, valid_src,
+               valid_tgt)
     report(DataReady(stats, len(valid_src), tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
-                     sum(p.numel() for p in model.parameters()), len(_epoch_plan(examples, cfg.train, state.epoch)),
-                     state.step))
+                     sum(p.numel() for p in model.parameters()),
+                     len(_epoch_plan(examples, cfg.train, state.epoch, world.size)), state.step))
     return _loop(run, state, report, should_stop)
+
+
+def _check_and_read(
+    cfg: Config, out_dir: Path, world_size: int, *, overwrite: bool, resume: bool
+) -> tuple[runfolder.Resumed | None, list[str], list[str], list[str], list[str]]:
+    resumed = runfolder.check(out_dir, cfg, overwrite=overwrite, resume=resume, world_size=world_size)
+    src_lines, tgt_lines = read_parallel(cfg.data.source, cfg.data.target)
+    valid_src, valid_tgt = read_parallel(cfg.data.valid_source, cfg.data.valid_target)
+    return resumed, src_lines, tgt_lines, valid_src, valid_tgt
+
+
+def _prepare(out_dir: Path, cfg: Config, *, overwrite: bool) -> None:
+    runfolder.prepare(out_dir, overwrite=overwrite)
+    with atomic_write(out_dir / "config.toml") as file:
+        file.write(to_toml(cfg))
 
 
 def _loop(run: _Run, state: LoopState, report: Report, should_stop: StopCheck) -> Finished:
     """Update, report, validate and save until a limit, early stopping, a stop request or too many non-finite steps."""
     settings = run.cfg.train
     start = time.perf_counter() - state.elapsed
-    plan = _epoch_plan(run.examples, settings, state.epoch)
+    plan = _epoch_plan(run.examples, settings, state.epoch, run.world.size)
     window = _Window()
     run.model.train()
     while True:
         if state.position == len(plan):
             state.epoch, state.position = state.epoch + 1, 0
-            plan = _epoch_plan(run.examples, settings, state.epoch)
-        batch = collate([run.examples[i] for i in plan[state.position]])
+            plan = _epoch_plan(run.examples, settings, state.epoch, run.world.size)
         step_start = time.perf_counter()
         run.rate.apply(run.optimizer, state.step + 1)
-        loss, grad_norm, finite = _update(run.model, run.optimizer, batch, settings)
+        part, tokens, stand_in = _part(run, plan[state.position])
+        loss, grad_norm, finite = _update(run.network, run.optimizer, part, settings, world=run.world, tokens=tokens,
+                                          stand_in=stand_in)
         state.step, state.position = state.step + 1, state.position + 1
         state.nonfinite_in_a_row = 0 if finite else state.nonfinite_in_a_row + 1
-        window.add(loss * batch.tgt_tokens, batch.tgt_tokens, grad_norm, settings.clip_norm or math.inf, finite,
-                   time.perf_counter() - step_start)
+        window.add(loss * tokens, tokens, grad_norm, settings.clip_norm or math.inf, finite, time.perf_counter() - step_start)
         if not finite:
             report(NonFinite(state.step, loss, grad_norm, state.nonfinite_in_a_row))
         state.elapsed = time.perf_counter() - start
-        reason = _stop_reason(state, settings, should_stop)
+        reason = _stop_reason(state, settings, should_stop, run.world)
         if state.step % settings.log_every == 0 or reason:
             report(window.summary(state.step, state.epoch, state.elapsed))
             window = _Window()
@@ -189,28 +232,48 @@ def _loop(run: _Run, state: LoopState, report: Report, should_stop: StopCheck) -
             return finished
 
 
-def _update(model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, settings: TrainConfig) -> tuple[float, float, bool]:
+def _part(run: _Run, batch: list[int]) -> tuple[Batch, int, bool]:
+    """This rank's part of a planned batch (example indices), the target tokens of the whole batch, and whether
+    the part is a stand-in: a rank whose share is empty trains on the batch's first example at weight 0, so
+    that it still takes part in DDP's gradient averaging."""
+    mine = share(batch, rank=run.world.rank, ranks=run.world.size)
+    tokens = sum(len(run.examples[i].tgt) + 1 for i in batch)  # target pieces + EOS, every rank's share
+    return collate([run.examples[i] for i in mine or batch[:1]]).to(run.world.device), tokens, not mine
+
+
+def _update(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, settings: TrainConfig, *, world: World = ALONE,
+    tokens: int | None = None, stand_in: bool = False,
+) -> tuple[float, float, bool]:
     """One update on `batch`: (loss per target token, gradient norm, whether both were finite).
 
-    A NaN or inf loss or gradient norm makes no update: the optimizer (and its moments) are left alone.
+    With several ranks, `batch` is this rank's share of a batch of `tokens` target tokens, and `model` is DDP,
+    which averages the ranks' gradients. The summed loss of the share is divided by the whole batch's tokens
+    and multiplied by the number of ranks (0 for a stand-in): the update is then the one that one process
+    makes on the whole batch, and clipping sees the whole batch's gradient. A NaN or inf loss or gradient
+    norm on any rank makes no update on any: the optimizer (and its moments) are left alone.
     """
+    tokens = tokens or batch.tgt_tokens
     with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
         logits = model(batch.src, batch.src_lens, batch.tgt_in)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
-                           label_smoothing=settings.label_smoothing, reduction="sum") / batch.tgt_tokens
+    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
+                               label_smoothing=settings.label_smoothing, reduction="sum")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss_sum * (0 if stand_in else world.size) / tokens).backward()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm or math.inf))
-    finite = math.isfinite(grad_norm) and math.isfinite(loss.item())
+    total, nonfinite_norms = world.sum([0.0 if stand_in else loss_sum.item(), float(not math.isfinite(grad_norm))])
+    finite = math.isfinite(total) and nonfinite_norms == 0
     if finite:
         optimizer.step()
-    return loss.item(), grad_norm, finite
+    return total / tokens, grad_norm, finite
 
 
-def _stop_reason(state: LoopState, settings: TrainConfig, should_stop: StopCheck) -> str:
+def _stop_reason(state: LoopState, settings: TrainConfig, should_stop: StopCheck, world: World) -> str:
+    """Why to stop after this step ("" = go on), the same on every rank."""
     if state.nonfinite_in_a_row >= settings.max_nonfinite:
-        return "non_finite"
-    return state.limit_reached(settings) or should_stop() or ""
+        return "non_finite"  # the ranks agree already: skips are decided together
+    # each rank has its own clock and receives its own signals
+    return world.most_urgent(state.limit_reached(settings) or should_stop() or "", STOP_RANKING)
 
 
 def _validations_without_best(state: LoopState) -> int:
@@ -226,27 +289,45 @@ def _checkpoint(run: _Run, state: LoopState, report: Report, *, validate: bool) 
     last.pt is what a resumed run starts from, so it is written once the other checkpoints agree with the
     best BLEU and history it records; metrics.jsonl is rebuilt from it on resume. Returns False, saving
     nothing, if the weights are not all finite: a checkpoint never holds NaN or inf weights.
+    With several ranks, rank 0 checks, validates and saves (with every rank's RNG state); every rank records
+    the result, since the schedule and early stopping depend on it.
     """
-    if not all(bool(torch.isfinite(param).all()) for param in run.model.parameters()):
+    finite, result = run.world.on_main(lambda: _examine(run, state, validate=validate))
+    if not finite:
         return False
     info: dict = {}
-    if validate:
-        result = _validate(run, state)
+    if result:
         info = {"valid_bleu": result.bleu, "valid_loss": result.loss, "bleu_signature": result.signature}
-        state.history.append({"step": state.step, "epoch": state.epoch, "elapsed_s": round(state.elapsed, 1),
+        state.history.append({"step": state.step, "epoch": state.epoch, "elapsed_s": round(result.elapsed, 1),
                               "lr": run.optimizer.param_groups[0]["lr"], "valid_loss": result.loss,
                               "valid_ppl": result.perplexity, "valid_bleu": result.bleu,
                               "bleu_signature": result.signature, "best": result.is_best})
         run.rate.after_validation(result.bleu)
         if result.is_best:
             state.best_bleu = result.bleu
-            _save(run, "best.pt", state.step, info)
-        _keep_best(run, state, info)
-    _save(run, "last.pt", state.step, info, training=runfolder.training_state(state, run.optimizer, run.rate))
-    if validate:
-        _write_metrics(run.out_dir / "metrics.jsonl", state.history)
+    rng_by_rank = run.world.gather(runfolder.rng_state(run.world.device)) if run.world.size > 1 else None
+    run.world.on_main(lambda: _save_all(run, state, result, info, rng_by_rank))
+    if result:
         report(result)
     return True
+
+
+def _examine(run: _Run, state: LoopState, *, validate: bool) -> tuple[bool, Validated | None]:
+    """Whether the weights are all finite, and, if so and asked, how the model does on the validation set."""
+    if not all(bool(torch.isfinite(param).all()) for param in run.model.parameters()):
+        return False, None
+    return True, _validate(run, state) if validate else None
+
+
+def _save_all(run: _Run, state: LoopState, result: Validated | None, info: dict, rng_by_rank: list | None) -> None:
+    if result and result.is_best:
+        _save(run, "best.pt", state.step, info)
+    if result:
+        _keep_best(run, state, info)
+    _save(run, "last.pt", state.step, info,
+          training=runfolder.training_state(state, run.optimizer, run.rate, rng_by_rank=rng_by_rank))
+    if result:
+        _write_metrics(run.out_dir / "metrics.jsonl", state.history)
 
 
 def _keep_best(run: _Run, state: LoopState, info: dict) -> None:
@@ -265,10 +346,13 @@ def _save(run: _Run, name: str, step: int, info: dict, training: dict | None = N
                     info=info, training=training)
 
 
-def _epoch_plan(examples: list[Example], settings: TrainConfig, epoch: int) -> list[list[int]]:
-    """The batches of one epoch; a function of (seed, epoch) alone, so any epoch can be recreated."""
+def _epoch_plan(examples: list[Example], settings: TrainConfig, epoch: int, ranks: int) -> list[list[int]]:
+    """The batches of one epoch; a function of (seed, epoch, ranks) alone, so any epoch can be recreated.
+
+    Every rank plans the same batches, of train.batch_tokens for each rank, and trains on its share of each.
+    """
     generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
-    return plan_batches(examples, batch_tokens=settings.batch_tokens, generator=generator)
+    return plan_batches(examples, batch_tokens=settings.batch_tokens * ranks, generator=generator)
 
 
 class _Window:
@@ -302,12 +386,13 @@ def _validate(run: _Run, state: LoopState) -> Validated:
     loss_sum, tokens = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(run.valid_examples), 64):
-            batch = collate(run.valid_examples[start : start + 64])
+            batch = collate(run.valid_examples[start : start + 64]).to(run.world.device)
             logits = model(batch.src, batch.src_lens, batch.tgt_in)
             loss_sum += float(F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID, reduction="sum"))
             tokens += batch.tgt_tokens
     model.train()
-    hypotheses = translate_all(model, run.tokenizers, run.valid_src, replace(run.cfg.search, beam_size=1))
+    searcher = model if run.world.device.type == "cpu" else copy.deepcopy(model).cpu()  # translation works on the CPU
+    hypotheses = translate_all(searcher, run.tokenizers, run.valid_src, replace(run.cfg.search, beam_size=1))
     bleu, signature = metrics.bleu(hypotheses, run.valid_tgt)
     loss = loss_sum / max(tokens, 1)
     return Validated(state.step, loss, math.exp(min(loss, 50.0)), bleu, signature, bleu > state.best_bleu, state.elapsed)
