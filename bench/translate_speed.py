@@ -29,15 +29,15 @@ from seq2seq import checkpoint
 from seq2seq.textio import read_lines
 from seq2seq.translation import translate
 
-SETTINGS = [(1, 1), (1, 64), (5, 1), (5, 64)]  # (beam, batch)
 PEERS = Path(os.environ.get("PEERS", "/tmp/s2s-peers"))
 
 
-def ours(model: Path, sources: list[str], references: list[str], repeats: int) -> list[dict]:
+def ours(model: Path, sources: list[str], references: list[str], settings: list[tuple[int, int]], repeats: int,
+         precision: str) -> list[dict]:
     loaded = checkpoint.load(model)
     rows = []
-    for beam, batch in SETTINGS:
-        search = replace(loaded.config.search, beam_size=beam, batch_size=batch)
+    for beam, batch in settings:
+        search = replace(loaded.config.search, beam_size=beam, batch_size=batch, precision=precision)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -45,18 +45,19 @@ def ours(model: Path, sources: list[str], references: list[str], repeats: int) -
             times.append(time.perf_counter() - start)
         pieces = sum(len(out.tokens) for out in outputs)
         bleu = sacrebleu.corpus_bleu([out.text for out in outputs], [references]).score
-        whole = _whole_command([sys.executable, "-m", "seq2seq", "translate", "-m", str(model), "-q",
-                                "--beam-size", str(beam), "--batch-size", str(batch)], sources) if batch == 64 else None
-        rows.append(_row("seq2seq", beam, batch, times, len(sources), pieces, bleu, whole))
+        whole = _whole_command([sys.executable, "-m", "seq2seq", "translate", "-m", str(model), "-q", "--precision",
+                                precision, "--beam-size", str(beam), "--batch-size", str(batch)], sources) if batch == 64 else None
+        rows.append(_row(f"seq2seq {precision}", beam, batch, times, len(sources), pieces, bleu, whole))
     return rows
 
 
-def peer(peer_checkpoint: Path, sources_sp: Path, references: list[str], repeats: int) -> list[dict]:
+def peer(peer_checkpoint: Path, sources_sp: Path, references: list[str], settings: list[tuple[int, int]],
+         repeats: int) -> list[dict]:
     import sentencepiece
 
     spm = sentencepiece.SentencePieceProcessor(model_file=str(PEERS / "data" / "spm8k.model"))
     rows = []
-    for beam, batch in SETTINGS:
+    for beam, batch in settings:
         times, whole = [], []
         for _ in range(repeats):
             with tempfile.TemporaryDirectory() as scratch:
@@ -99,12 +100,16 @@ def main() -> None:
     parser.add_argument("--peer-checkpoint", type=Path, help="an OpenNMT-py checkpoint of the same model size")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/multi30k")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     args = parser.parse_args()
     sources = read_lines(args.data / "test_2016_flickr.de.gz")
     references = read_lines(args.data / "test_2016_flickr.en.gz")
-    rows = ours(args.model, sources, references, args.repeats)
+    settings = [(beam, batch) for beam in args.beams for batch in args.batch_sizes]
+    rows = [row for precision in args.precision for row in ours(args.model, sources, references, settings, args.repeats, precision)]
     if args.peer_checkpoint:
-        rows += peer(args.peer_checkpoint, PEERS / "data" / "test_2016_flickr.sp.de", references, args.repeats)
+        rows += peer(args.peer_checkpoint, PEERS / "data" / "test_2016_flickr.sp.de", references, settings, args.repeats)
     print(f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {len(sources)} sentences, median of {args.repeats}")
     print("| system | beam | batch | sent/s (decode) | out pieces/s | BLEU | whole command, s | runs, s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -119,7 +119,7 @@ def _run_config(output: Path) -> Config | None:
 
 def _run(cfg: Config, output: Path, *, resume: bool, overwrite: bool, quiet: bool) -> Finished:
     """Train with progress on stderr and Ctrl-C/SIGTERM handled; exits unless the run reached its limit."""
-    from cli.progress import TrainingReporter
+    from cli.training_progress import TrainingReporter
     from cli.signals import EXIT_CODES, StopNow, stop_requests
     from seq2seq.training import train as run_training
 

@@ -8,7 +8,6 @@ raise the same errors here, before anyone waits for them.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -16,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from seq2seq import checkpoint, runfolder
 from seq2seq.config import Config, TrainConfig
-from seq2seq.data import Batch, Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel
+from seq2seq.data import Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.model import Seq2Seq
 from seq2seq.optim import build_optimizer
-from seq2seq.tokenizer import PAD_ID, UNK_ID, Tokenizer, train_tokenizers
+from seq2seq.tokenizer import UNK_ID, Tokenizer, train_tokenizers
+from seq2seq.training import update
 
 UNSEEN_SHOWN = 10  # the most frequent unseen characters a report lists, per side
 
@@ -119,21 +118,8 @@ def _time_updates(model: Seq2Seq, examples: list[Example], plan: list[list[int]]
     chosen = [by_cost[round(k * (len(by_cost) - 1) / max(count - 1, 1))] for k in range(count)]
     optimizer = build_optimizer(model.parameters(), settings)
     model.train()
-    _update(model, optimizer, collate([examples[i] for i in by_cost[len(by_cost) // 2]]), settings)
+    update(model, optimizer, collate([examples[i] for i in by_cost[len(by_cost) // 2]]), settings)
     start = time.perf_counter()
     for batch in chosen:
-        _update(model, optimizer, collate([examples[i] for i in batch]), settings)
+        update(model, optimizer, collate([examples[i] for i in batch]), settings)
     return (time.perf_counter() - start) / max(count, 1)
-
-
-def _update(model: Seq2Seq, optimizer: torch.optim.Optimizer, batch: Batch, settings: TrainConfig) -> None:
-    """One update as a single training process makes it: the forward (bf16 autocast if set), the label-smoothed
-    loss, backward, clipping and the optimizer step; the same work as `seq2seq.training`'s, not its bookkeeping."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
-        logits = model(batch.src, batch.src_lens, batch.tgt_in)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
-                           label_smoothing=settings.label_smoothing, reduction="sum") / batch.tgt_tokens
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm or math.inf)
-    optimizer.step()

@@ -208,7 +208,7 @@ def _loop(run: _Run, state: LoopState, report: Report, should_stop: StopCheck) -
         step_start = time.perf_counter()
         run.rate.apply(run.optimizer, state.step + 1)
         part, tokens, stand_in = _part(run, plan[state.position])
-        loss, grad_norm, finite = _update(run.network, run.optimizer, part, settings, world=run.world, tokens=tokens,
+        loss, grad_norm, finite = update(run.network, run.optimizer, part, settings, world=run.world, tokens=tokens,
                                           stand_in=stand_in)
         state.step, state.position = state.step + 1, state.position + 1
         state.nonfinite_in_a_row = 0 if finite else state.nonfinite_in_a_row + 1
@@ -241,7 +241,7 @@ def _part(run: _Run, batch: list[int]) -> tuple[Batch, int, bool]:
     return collate([run.examples[i] for i in mine or batch[:1]]).to(run.world.device), tokens, not mine
 
 
-def _update(
+def update(
     model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, settings: TrainConfig, *, world: World = ALONE,
     tokens: int | None = None, stand_in: bool = False,
 ) -> tuple[float, float, bool]:

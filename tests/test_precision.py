@@ -9,7 +9,7 @@ from seq2seq.config import Config, SearchConfig, TrainConfig
 from seq2seq.data import Example, collate
 from seq2seq.errors import ConfigError
 from seq2seq.optim import build_optimizer
-from seq2seq.training import _update
+from seq2seq.training import update
 from seq2seq.translation import search_batch
 
 
@@ -21,7 +21,7 @@ def _batch() -> object:
 def test_an_update_keeps_fp32_weights_and_a_finite_loss(make_model, precision: str) -> None:
     model = make_model().train()
     settings = TrainConfig(precision=precision)
-    loss, grad_norm, finite = _update(model, build_optimizer(model.parameters(), settings), _batch(), settings)
+    loss, grad_norm, finite = update(model, build_optimizer(model.parameters(), settings), _batch(), settings)
     assert finite and loss > 0 and grad_norm > 0
     assert all(param.dtype == torch.float32 for param in model.parameters())
 
@@ -32,7 +32,7 @@ def test_bf16_loss_is_close_to_fp32_and_not_identical(make_model) -> None:
         model = make_model(seed=3).train()
         torch.manual_seed(0)
         settings = TrainConfig(precision=precision, lr=1e-9)
-        losses[precision], _, _ = _update(model, build_optimizer(model.parameters(), settings), _batch(), settings)
+        losses[precision], _, _ = update(model, build_optimizer(model.parameters(), settings), _batch(), settings)
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
     assert losses["bf16"] != losses["fp32"], "autocast had no effect"
 

@@ -256,7 +256,7 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_the_checkpoints_alone(
     recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A first Ctrl-C after step 5; the second arrives while the save that the first asked for is being written.
-    from cli.progress import TrainingReporter
+    from cli.training_progress import TrainingReporter
 
     report, real_save, pressed = TrainingReporter.__call__, torch.save, []
 

@@ -1,0 +1,77 @@
+"""Training progress on stderr: a live rich bar on a terminal, plain log lines otherwise (see cli.progress)."""
+
+from __future__ import annotations
+
+import math
+from types import TracebackType
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cli.console import err, say
+from seq2seq.config import TrainConfig
+from seq2seq.training import COMPLETE, DataReady, Event, Finished, NonFinite, StepsDone, Validated
+
+BAR_UNITS = 1000  # the bar tracks whichever limit (steps or minutes) is nearer
+
+
+class TrainingReporter:
+    """Renders the library's training events; use as a context manager around `train`."""
+
+    def __init__(self, settings: TrainConfig, *, quiet: bool) -> None:
+        self.settings, self.quiet = settings, quiet
+        self.live = err.is_terminal and not quiet
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=err, redirect_stdout=False, redirect_stderr=False, disable=not self.live,
+        )
+        self.task = self.progress.add_task("starting", total=BAR_UNITS)
+
+    def __enter__(self) -> TrainingReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Event) -> None:
+        if self.quiet:
+            return
+        if isinstance(event, DataReady):
+            stats = event.train
+            say(f"data: {stats.kept:,} training pairs ({stats.empty:,} empty and {stats.too_long:,} too long skipped), "
+                f"{event.valid_pairs:,} validation pairs; vocabulary {event.src_vocab:,} source / {event.tgt_vocab:,} target; "
+                f"{event.parameters:,} parameters; {event.batches_per_epoch:,} batches an epoch")
+            if event.resumed_step:
+                say(f"resuming after step {event.resumed_step:,} with the run's own tokenizers, optimizer state and RNG")
+        elif isinstance(event, StepsDone):
+            line = (f"step {event.step:,} epoch {event.epoch} | loss {event.loss:.3f} | grad norm {event.grad_norm:.2f} "
+                    f"(max {event.grad_norm_max:.2f}, {event.clipped} clipped) | {event.tokens_per_s:,.0f} tgt tok/s")
+            if event.skipped:
+                line += f" | {event.skipped} non-finite steps skipped"
+            self.progress.update(self.task, description=line, completed=self._fraction(event) * BAR_UNITS)
+            if not self.live:
+                say(line)
+        elif isinstance(event, NonFinite):
+            say(f"step {event.step:,}: loss {event.loss:.3g}, gradient norm {event.grad_norm:.3g}: not finite, update "
+                f"skipped ({event.in_a_row} in a row; training stops at {self.settings.max_nonfinite})")
+        elif isinstance(event, Validated):
+            say(f"validation at step {event.step:,}: loss {event.loss:.3f} | ppl {event.perplexity:.2f} | "
+                f"BLEU {event.bleu:.2f}{' (best)' if event.is_best else ''}")
+        elif isinstance(event, Finished) and event.reason not in COMPLETE:
+            self.stop()  # an interrupted or diverged run: the command says how, in one line, quiet or not
+        elif isinstance(event, Finished):
+            self.progress.update(self.task, completed=BAR_UNITS)
+            self.stop()
+            say(f"finished after {event.step:,} steps ({event.reason.replace('_', ' ')}, {event.elapsed / 60:.1f} min); "
+                f"best validation BLEU {event.best_bleu:.2f}; best checkpoint {event.best_path}; last {event.last_path}")
+
+    def _fraction(self, event: StepsDone) -> float:
+        fractions = [0.0]
+        if self.settings.max_steps:
+            fractions.append(event.step / self.settings.max_steps)
+        if self.settings.max_time:
+            fractions.append(event.elapsed / (60 * self.settings.max_time))
+        return min(1.0, max(fractions)) if not math.isnan(event.loss) else 0.0
