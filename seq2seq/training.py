@@ -30,7 +30,7 @@ from seq2seq.distributed import ALONE, World
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.model import Seq2Seq
 from seq2seq.optim import LearningRate, build_optimizer
-from seq2seq.runfolder import RUN_FILES, LoopState  # noqa: F401 (RUN_FILES is part of this module's interface)
+from seq2seq.runfolder import LoopState
 from seq2seq.textio import atomic_write
 from seq2seq.tokenizer import PAD_ID, Tokenizers, train_tokenizers
 from seq2seq.translation import translate_all

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
-from seq2seq.config import ModelConfig, TokenizerConfig
+from seq2seq.config import DataConfig, ModelConfig, TokenizerConfig
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizers, train_tokenizers
 
@@ -40,6 +41,24 @@ def synthetic_pairs(count: int, *, seed: int, max_words: int = 6) -> tuple[list[
 @pytest.fixture(scope="session")
 def make_pairs() -> Callable[..., tuple[list[str], list[str]]]:
     return synthetic_pairs
+
+
+@pytest.fixture(scope="session")
+def make_data_config() -> Callable[..., DataConfig]:
+    """Write a small train/valid corpus of the word-mapping task into a folder; its DataConfig points at it."""
+
+    def build(folder: Path, *, train: int, valid: int, seed: int, valid_words: int = 4, max_length: int = 100) -> DataConfig:
+        paths = {}
+        for name, (count, pair_seed, words) in {"train": (train, seed, 4), "valid": (valid, seed + 1, valid_words)}.items():
+            sources, targets = synthetic_pairs(count, seed=pair_seed, max_words=words)
+            for side, lines in (("src", sources), ("tgt", targets)):
+                path = folder / f"{name}.{side}"
+                path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+                paths[f"{name}.{side}"] = str(path)
+        return DataConfig(source=paths["train.src"], target=paths["train.tgt"], valid_source=paths["valid.src"],
+                          valid_target=paths["valid.tgt"], max_length=max_length)
+
+    return build
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,8 @@ import torch.distributed as dist
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq import checkpoint, distributed, training
-from seq2seq.config import Config, DataConfig, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, to_toml
+from seq2seq import checkpoint, distributed, runfolder, training
+from seq2seq.config import Config, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, to_toml
 from seq2seq.errors import ConfigError, DataError
 
 RANKS = 2
@@ -35,21 +35,10 @@ DEADLINE_S = 60      # for a whole 2-rank run
 COLLECTIVE_S = 30    # a collective waiting longer than this raises inside the ranks
 
 
-def write_lines(path: Path, lines: list[str]) -> str:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def config(tmp_path_factory: pytest.TempPathFactory, make_pairs) -> Config:
+def config(tmp_path_factory: pytest.TempPathFactory, make_data_config) -> Config:
     """A tiny model without dropout: one process and two ranks then compute the same function."""
-    folder = tmp_path_factory.mktemp("data")
-    train_src, train_tgt = make_pairs(60, seed=60, max_words=4)
-    valid_src, valid_tgt = make_pairs(4, seed=61, max_words=3)
-    data = DataConfig(
-        source=write_lines(folder / "train.src", train_src), target=write_lines(folder / "train.tgt", train_tgt),
-        valid_source=write_lines(folder / "valid.src", valid_src), valid_target=write_lines(folder / "valid.tgt", valid_tgt),
-    )
+    data = make_data_config(tmp_path_factory.mktemp("data"), train=60, valid=4, seed=60, valid_words=3)
     return Config(
         data=data,
         tokenizer=TokenizerConfig(vocab_size=50),
@@ -191,7 +180,7 @@ def test_only_rank_0_reports_and_writes(two_ranks) -> None:
     assert results[1]["events"] == [], "rank 1 says nothing"
     assert [result["main"] for result in results] == [True, False]
     assert [type(event) for event in results[0]["events"]][-2:] == [training.Validated, training.Finished]
-    assert sorted(path.name for path in out.iterdir()) == sorted(training.RUN_FILES), "one set of files, no temporaries"
+    assert sorted(path.name for path in out.iterdir()) == sorted(runfolder.RUN_FILES), "one set of files, no temporaries"
     assert len((out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) == 1, "one validation, one line"
 
 
@@ -295,7 +284,7 @@ def test_torchrun_trains_on_two_processes_through_the_cli(config: Config, tmp_pa
 
     assert done.returncode == 0, done.stderr[-2000:]
     assert set(done.stdout.splitlines()) == {str(out / "best.pt")}
-    assert sorted(path.name for path in out.iterdir()) == sorted(training.RUN_FILES)
+    assert sorted(path.name for path in out.iterdir()) == sorted(runfolder.RUN_FILES)
     last = checkpoint.load(out / "last.pt")
     assert (last.step, last.training["world_size"]) == (4, RANKS)
     translated = CliRunner().invoke(app, ["translate", "-m", str(out / "best.pt"), "-i", config.data.valid_source, "-q"])

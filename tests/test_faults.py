@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from seq2seq import checkpoint, training
-from seq2seq.config import Config, DataConfig, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, resolve, to_toml
+from seq2seq.config import Config, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, resolve, to_toml
 from seq2seq.errors import DataError
 from seq2seq.model import Seq2Seq
 from seq2seq.textio import atomic_write
@@ -32,21 +32,10 @@ from seq2seq.translation import translate_all
 runner = CliRunner()
 
 
-def write_lines(path: Path, lines: list[str]) -> str:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def config(tmp_path_factory: pytest.TempPathFactory, make_pairs) -> Config:
+def config(tmp_path_factory: pytest.TempPathFactory, make_data_config) -> Config:
     """The smallest run that still trains: a few milliseconds a step, a save at every step."""
-    folder = tmp_path_factory.mktemp("data")
-    train_src, train_tgt = make_pairs(60, seed=40, max_words=4)
-    valid_src, valid_tgt = make_pairs(3, seed=41, max_words=3)
-    data = DataConfig(
-        source=write_lines(folder / "train.src", train_src), target=write_lines(folder / "train.tgt", train_tgt),
-        valid_source=write_lines(folder / "valid.src", valid_src), valid_target=write_lines(folder / "valid.tgt", valid_tgt),
-    )
+    data = make_data_config(tmp_path_factory.mktemp("data"), train=60, valid=3, seed=40, valid_words=3)
     return Config(
         data=data,
         tokenizer=TokenizerConfig(vocab_size=50),

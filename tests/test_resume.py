@@ -19,8 +19,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq import checkpoint, training
-from seq2seq.config import Config, DataConfig, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, to_toml
+from seq2seq import checkpoint, runfolder, training
+from seq2seq.config import Config, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, to_toml
 from seq2seq.errors import ConfigError
 
 STEPS = 16  # four validations; about three epochs of this corpus, so resuming crosses epoch boundaries
@@ -28,22 +28,11 @@ SEQ2SEQ = [sys.executable, "-m", "seq2seq"]
 runner = CliRunner()
 
 
-def write_lines(path: Path, lines: list[str]) -> str:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def config(tmp_path_factory: pytest.TempPathFactory, make_pairs) -> Config:
+def config(tmp_path_factory: pytest.TempPathFactory, make_data_config) -> Config:
     """A tiny run with everything that must survive a resume in play: dropout (RNG), Adam's moments, a
     warm-up and a plateau schedule that cuts the rate, batch order across epochs, best BLEU, history."""
-    folder = tmp_path_factory.mktemp("data")
-    train_src, train_tgt = make_pairs(120, seed=30, max_words=4)
-    valid_src, valid_tgt = make_pairs(8, seed=31, max_words=4)
-    data = DataConfig(
-        source=write_lines(folder / "train.src", train_src), target=write_lines(folder / "train.tgt", train_tgt),
-        valid_source=write_lines(folder / "valid.src", valid_src), valid_target=write_lines(folder / "valid.tgt", valid_tgt),
-    )
+    data = make_data_config(tmp_path_factory.mktemp("data"), train=120, valid=8, seed=30, valid_words=4)
     return Config(
         data=data,
         tokenizer=TokenizerConfig(vocab_size=60),
@@ -283,7 +272,7 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_the_checkpoints_alone(
     assert result.stderr.strip() == f"interrupted again: stopped at once; the checkpoints in {out} are those saved before"
     assert pressed == ["first", "second"]
     assert checkpoint.load(out / "last.pt").step == 4, "last.pt is the one saved before"
-    assert sorted(path.name for path in out.iterdir()) == sorted(training.RUN_FILES), "no temporary file left"
+    assert sorted(path.name for path in out.iterdir()) == sorted(runfolder.RUN_FILES), "no temporary file left"
 
 
 @pytest.mark.parametrize(

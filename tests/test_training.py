@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq import checkpoint, training
-from seq2seq.config import Config, DataConfig, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, resolve
+from seq2seq import checkpoint, runfolder, training
+from seq2seq.config import Config, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, resolve
 from seq2seq.errors import ConfigError, DataError
 
 MAX_STEPS, VALID_EVERY, LOG_EVERY = 40, 20, 10
@@ -23,16 +23,9 @@ def write_lines(path: Path, lines: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory: pytest.TempPathFactory, make_pairs) -> Config:
+def config(tmp_path_factory: pytest.TempPathFactory, make_data_config) -> Config:
     """~200 training and 20 validation pairs of the word-mapping task (cat -> TAC), tiny model, 40 steps."""
-    folder = tmp_path_factory.mktemp("data")
-    train_src, train_tgt = make_pairs(200, seed=10, max_words=4)
-    valid_src, valid_tgt = make_pairs(20, seed=11, max_words=4)
-    data = DataConfig(
-        source=write_lines(folder / "train.src", train_src), target=write_lines(folder / "train.tgt", train_tgt),
-        valid_source=write_lines(folder / "valid.src", valid_src), valid_target=write_lines(folder / "valid.tgt", valid_tgt),
-        max_length=50,
-    )
+    data = make_data_config(tmp_path_factory.mktemp("data"), train=200, valid=20, seed=10, valid_words=4, max_length=50)
     return Config(
         data=data,
         tokenizer=TokenizerConfig(vocab_size=60),
@@ -57,7 +50,7 @@ def of_kind(events: list, kind: type) -> list:
 
 def test_a_run_writes_its_config_metrics_and_two_checkpoints(run, config: Config) -> None:
     out, _ = run
-    assert sorted(p.name for p in out.iterdir()) == sorted(training.RUN_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(runfolder.RUN_FILES)
     assert resolve(out / "config.toml") == config, "config.toml is the run's whole config and reloads as it"
 
 

@@ -9,23 +9,12 @@ from pathlib import Path
 import pytest
 
 from seq2seq import checkpoint, training
-from seq2seq.config import Config, DataConfig, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig
-
-
-def write_lines(path: Path, lines: list[str]) -> str:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return str(path)
+from seq2seq.config import Config, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory: pytest.TempPathFactory, make_pairs) -> Config:
-    folder = tmp_path_factory.mktemp("data")
-    train_src, train_tgt = make_pairs(60, seed=50, max_words=4)
-    valid_src, valid_tgt = make_pairs(6, seed=51, max_words=3)
-    data = DataConfig(
-        source=write_lines(folder / "train.src", train_src), target=write_lines(folder / "train.tgt", train_tgt),
-        valid_source=write_lines(folder / "valid.src", valid_src), valid_target=write_lines(folder / "valid.tgt", valid_tgt),
-    )
+def config(tmp_path_factory: pytest.TempPathFactory, make_data_config) -> Config:
+    data = make_data_config(tmp_path_factory.mktemp("data"), train=60, valid=6, seed=50, valid_words=3)
     return Config(data=data, tokenizer=TokenizerConfig(vocab_size=50), model=ModelConfig(emb_dim=8, hidden_dim=16),
                   train=TrainConfig(lr=0.02, batch_tokens=200, max_steps=6, valid_every=1, log_every=1, threads=1),
                   search=SearchConfig(batch_size=6, max_length_constant=3)).validate()
