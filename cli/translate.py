@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -15,7 +15,7 @@ import typer
 from cli.console import say, user_errors
 
 if TYPE_CHECKING:
-    from seq2seq.tokenizer import Tokenizer, Tokenizers
+    from seq2seq.tokenizer import Tokenizers
     from seq2seq.translation import Translation
 
 EPILOG = """\
@@ -66,6 +66,7 @@ def translate(
         from seq2seq import checkpoint
         from seq2seq.config import Config
         from seq2seq.errors import ConfigError
+        from seq2seq.textio import display_name
         from seq2seq.translation import translate as run_translation
 
         from cli.progress import LineProgress
@@ -84,9 +85,13 @@ def translate(
         if interactive and not quiet:
             say("reading lines from the terminal; each is translated when entered (Ctrl-D to finish)")
         warn = (lambda message: None) if quiet else (lambda message: say(f"warning: {message}"))
-        lines, total = _source_lines(input_path, loaded.tokenizers.src, max_source_pieces, warn)
-        results = run_translation(loaded.model, loaded.tokenizers, lines, search, nbest=nbest,
-                                  chunk_lines=1 if interactive else None, attention=alignment or attention_plot is not None)
+        lines, total = _source_lines(input_path, warn)
+        name = display_name(input_path)
+        results = run_translation(
+            loaded.model, loaded.tokenizers, lines, search, nbest=nbest, chunk_lines=1 if interactive else None,
+            attention=alignment or attention_plot is not None, max_source_pieces=max_source_pieces,
+            on_cut=lambda number, pieces: warn(f"{name}:{number}: {pieces:,} pieces long; only the first "
+                                               f"{max_source_pieces:,} are translated (--max-source-pieces)"))
         draw = _attention_drawer(attention_plot, loaded.tokenizers, input_path)
         # Translations scrolling on the terminal are their own progress; typed input has no "how far".
         to_screen = output_path == "-" and sys.stdout.isatty()
@@ -119,23 +124,19 @@ def _opened(output_path: str) -> Iterator[IO[str]]:
             yield file
 
 
-def _source_lines(
-    input_path: str, tokenizer: Tokenizer, max_pieces: int, warn: Callable[[str], None],
-) -> tuple[Iterator[str], int | None]:
-    """The lines to translate, each kept whatever it holds, so that output line k answers input line k; and their count.
+def _source_lines(input_path: str, warn: Callable[[str], None]) -> tuple[Iterable[str], int | None]:
+    """The lines to translate and their count.
 
     A file is read and checked whole before anything is written (invalid UTF-8 is an error naming the
     line), so its line count is known; stdin is streamed, so its invalid bytes become U+FFFD with a
     warning instead, and its count is unknown (None).
     """
-    from seq2seq.data import cut_long_lines
-    from seq2seq.textio import display_name, iter_lines, read_lines
+    from seq2seq.textio import iter_lines, read_lines
 
-    name = display_name(input_path)
-    lines = iter_lines("-", on_invalid=warn) if input_path == "-" else read_lines(input_path)
-    total = None if input_path == "-" else len(lines)
-    return cut_long_lines(lines, tokenizer, max_pieces=max_pieces, on_cut=lambda number, pieces: warn(
-        f"{name}:{number}: {pieces:,} pieces long; only the first {max_pieces:,} are translated (--max-source-pieces)")), total
+    if input_path == "-":
+        return iter_lines("-", on_invalid=warn), None
+    lines = read_lines(input_path)
+    return lines, len(lines)
 
 
 def _render(index: int, hypotheses: list[Translation], *, nbest: int, scores: bool, alignment: bool) -> str:

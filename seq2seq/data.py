@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -11,7 +11,7 @@ import torch
 
 from seq2seq.errors import DataError
 from seq2seq.textio import read_lines
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, Tokenizers
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
 
 
 class Example(NamedTuple):
@@ -67,23 +67,6 @@ def encode_pairs(
         else:
             examples.append(Example(src + [EOS_ID], tgt))
     return examples, FilterStats(kept=len(examples), empty=empty, too_long=too_long)
-
-
-def cut_long_lines(
-    lines: Iterable[str], tokenizer: Tokenizer, *, max_pieces: int, on_cut: Callable[[int, int], None]
-) -> Iterator[str]:
-    """Cut each line to its first `max_pieces` pieces (0 = no limit), calling `on_cut(line_number, pieces)`.
-
-    Decoding time grows with the source (the output may run to a multiple of its length, and every step
-    attends to all of it), so one 100,000-character line could stall a whole file; cut, it still gets
-    its one output line. Encoding a line costs microseconds, translating it milliseconds.
-    """
-    for number, line in enumerate(lines, start=1):
-        (ids,) = tokenizer.encode([line])
-        if max_pieces and len(ids) > max_pieces:
-            on_cut(number, len(ids))
-            (line,) = tokenizer.decode([ids[:max_pieces]])
-        yield line
 
 
 def pad(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

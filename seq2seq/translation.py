@@ -6,7 +6,7 @@ recomputed after the search by teacher forcing so that the search itself stays m
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from typing import NamedTuple
@@ -98,7 +98,8 @@ def _step_fn(model: Seq2Seq, memory: Memory) -> StepFn:
 
 def translate(
     model: Seq2Seq, tokenizers: Tokenizers, lines: Iterable[str], search: SearchConfig, *,
-    nbest: int = 1, chunk_lines: int | None = None, attention: bool = False,
+    nbest: int = 1, chunk_lines: int | None = None, attention: bool = False, max_source_pieces: int = 0,
+    on_cut: Callable[[int, int], None] = lambda number, pieces: None,
 ) -> Iterator[list[Translation]]:
     """Yield the nbest translations of each line, in input order, as soon as its chunk is done.
 
@@ -106,21 +107,31 @@ def translate(
     so that batches carry little padding, and put back in order; memory stays flat however long
     the input. An empty line gives an empty translation without calling the model. With
     `attention`, every hypothesis carries its `SourceAttention`.
+
+    A line longer than `max_source_pieces` (0 = no limit) is translated from its first pieces only,
+    after `on_cut(line_number, pieces)`: decoding time grows with the source, so one 100,000-character
+    line could stall a whole file; cut, it still gets its one output line.
     """
     if attention and model.attention is None:  # checked now, not when the first line is read
         raise ConfigError("this model has no attention (model.attention = none): there is no attention "
                           "to draw or align (--attention-plot, --alignment)")
-    return _translate(model, tokenizers, iter(lines), search, nbest=nbest,
-                      chunk_lines=chunk_lines or 8 * search.batch_size, attention=attention)
+    return _translate(model, tokenizers, iter(lines), search, nbest=nbest, chunk_lines=chunk_lines or 8 * search.batch_size,
+                      attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut)
 
 
 def _translate(
     model: Seq2Seq, tokenizers: Tokenizers, lines: Iterator[str], search: SearchConfig, *,
-    nbest: int, chunk_lines: int, attention: bool,
+    nbest: int, chunk_lines: int, attention: bool, max_source_pieces: int, on_cut: Callable[[int, int], None],
 ) -> Iterator[list[Translation]]:
     """`translate`'s loop, once its arguments are checked."""
+    lines_before = 0
     while chunk := list(islice(lines, chunk_lines)):
         encoded = tokenizers.src.encode(chunk)
+        for offset, ids in enumerate(encoded):
+            if max_source_pieces and len(ids) > max_source_pieces:
+                on_cut(lines_before + offset + 1, len(ids))
+                encoded[offset] = ids[:max_source_pieces]
+        lines_before += len(chunk)
         results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in chunk]
         order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), search.batch_size):
