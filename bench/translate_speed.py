@@ -26,18 +26,24 @@ from pathlib import Path
 import sacrebleu
 
 from seq2seq import checkpoint
+from seq2seq.allocator import reuse_freed_memory
 from seq2seq.textio import read_lines
 from seq2seq.translation import translate
 
 PEERS = Path(os.environ.get("PEERS", "/tmp/s2s-peers"))
 
 
+VARIANTS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "int8": {"quantize": "int8"}}
+
+
 def ours(model: Path, sources: list[str], references: list[str], settings: list[tuple[int, int]], repeats: int,
-         precision: str) -> list[dict]:
+         variant: str) -> list[dict]:
+    """Our decoding time includes quantizing the model (about 0.1 s) for the int8 variant."""
+    reuse_freed_memory()  # as `seq2seq translate` does
     loaded = checkpoint.load(model)
     rows = []
     for beam, batch in settings:
-        search = replace(loaded.config.search, beam_size=beam, batch_size=batch, precision=precision)
+        search = replace(loaded.config.search, beam_size=beam, batch_size=batch, **VARIANTS[variant])
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -45,9 +51,10 @@ def ours(model: Path, sources: list[str], references: list[str], settings: list[
             times.append(time.perf_counter() - start)
         pieces = sum(len(out.tokens) for out in outputs)
         bleu = sacrebleu.corpus_bleu([out.text for out in outputs], [references]).score
-        whole = _whole_command([sys.executable, "-m", "seq2seq", "translate", "-m", str(model), "-q", "--precision",
-                                precision, "--beam-size", str(beam), "--batch-size", str(batch)], sources) if batch == 64 else None
-        rows.append(_row(f"seq2seq {precision}", beam, batch, times, len(sources), pieces, bleu, whole))
+        options = [f"--{name}={value}" for name, value in VARIANTS[variant].items()]
+        whole = _whole_command([sys.executable, "-m", "seq2seq", "translate", "-m", str(model), "-q", *options,
+                                "--beam-size", str(beam), "--batch-size", str(batch)], sources) if batch == 64 else None
+        rows.append(_row(f"seq2seq {variant}", beam, batch, times, len(sources), pieces, bleu, whole))
     return rows
 
 
@@ -102,12 +109,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="fp32, bf16 (autocast) and int8 (--quantize int8)")
     args = parser.parse_args()
     sources = read_lines(args.data / "test_2016_flickr.de.gz")
     references = read_lines(args.data / "test_2016_flickr.en.gz")
     settings = [(beam, batch) for beam in args.beams for batch in args.batch_sizes]
-    rows = [row for precision in args.precision for row in ours(args.model, sources, references, settings, args.repeats, precision)]
+    rows = [row for variant in args.variants for row in ours(args.model, sources, references, settings, args.repeats, variant)]
     if args.peer_checkpoint:
         rows += peer(args.peer_checkpoint, PEERS / "data" / "test_2016_flickr.sp.de", references, settings, args.repeats)
     print(f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {len(sources)} sentences, median of {args.repeats}")

@@ -52,6 +52,7 @@ def translate(
     max_length_constant: Annotated[int | None, Opt(help="The constant of the length limit. [default: 10]", show_default=False, rich_help_panel="Search")] = None,
     min_length: Annotated[int | None, Opt(help="No EOS before this many pieces. [default: 0]", show_default=False, rich_help_panel="Search")] = None,
     precision: Annotated[str | None, Opt(help="fp32, or bf16 for speed on CPUs with bf16 units. [default: fp32]", show_default=False, rich_help_panel="Search")] = None,
+    quantize: Annotated[str | None, Opt(help="int8: int8 weights for the linear layers and the encoder (faster on CPU), or none. [default: none]", show_default=False, rich_help_panel="Search")] = None,
     nbest: Annotated[int, Opt(min=1, help="Print the N best as `id ||| hypothesis ||| score` (Moses format, 0-based id).", rich_help_panel="Output")] = 1,
     scores: Annotated[bool, Opt("--scores", help="Append a tab and the score to each translation.", rich_help_panel="Output")] = False,
     alignment: Annotated[bool, Opt("--alignment", help="Follow each translation with ` ||| ` and its hard alignment: 0-based `source-target` piece index pairs (Marian style).", rich_help_panel="Output")] = False,
@@ -64,6 +65,7 @@ def translate(
         from dataclasses import replace
 
         from seq2seq import checkpoint
+        from seq2seq.allocator import reuse_freed_memory
         from seq2seq.config import Config
         from seq2seq.errors import ConfigError
         from seq2seq.textio import display_name
@@ -71,10 +73,11 @@ def translate(
 
         from cli.progress import LineProgress
 
+        reuse_freed_memory()
         loaded = checkpoint.load(model)
         chosen = {"beam_size": beam_size, "batch_size": batch_size, "length_penalty": length_penalty,
                   "max_length_ratio": max_length_ratio, "max_length_constant": max_length_constant, "min_length": min_length,
-                  "precision": precision}
+                  "precision": precision, "quantize": quantize}
         search = replace(loaded.config.search, **{k: v for k, v in chosen.items() if v is not None})
         search = replace(search, length_norm=search.length_norm or length_norm)
         Config(search=search).validate()

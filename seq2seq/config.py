@@ -90,6 +90,7 @@ class SearchConfig:
     max_length_constant: int = 10
     min_length: int = 0                # no EOS before this many target pieces
     precision: str = "fp32"            # fp32 | bf16 (autocast: faster on CPUs with bf16 units)
+    quantize: str = "none"             # none | int8 (dynamic int8 weights for linear layers and the encoder; fp32 activations)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,9 @@ class Config:
             (self.train.max_nonfinite > 0, "train.max_nonfinite must be positive"),
             (self.train.precision in PRECISIONS and self.search.precision in PRECISIONS,
              "train.precision and search.precision must be fp32 or bf16"),
+            (self.search.quantize in ("none", "int8"), "search.quantize must be none or int8"),
+            (self.search.quantize == "none" or self.search.precision == "fp32",
+             "search.quantize = int8 computes in fp32 between its int8 products: leave search.precision at fp32"),
             (self.search.beam_size >= 1 and self.search.batch_size >= 1, "search.beam_size and search.batch_size must be at least 1"),
             (self.train.backend in ("auto", "gloo", "nccl"), "train.backend must be auto, gloo or nccl"),
         ]

@@ -2,8 +2,9 @@
 
 The search knows nothing about the model: `state` is any tuple of tensors whose dim 0 is the row
 (sentence, or sentence x beam), and it is reordered by `index_select` when beams are pruned. All
-beams of all sentences advance together as one tensor step; finished sentences stay in the batch
-(no shrinking), which keeps the loop short.
+beams of all sentences advance together as one tensor step. Whatever the step closes over (the
+encoder's memory) cannot be reordered by the search; given a `narrow` function that makes the step
+for fewer rows, both searches let done sentences leave the batch.
 
 Scores are the model's log-probability of the whole hypothesis, EOS included. Ranking may divide
 them by a length penalty (GNMT, `alpha`) or by the length; the reported score never is.
@@ -18,6 +19,7 @@ import torch
 
 State = TypeVar("State", bound=tuple)
 StepFn = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
+Narrow = Callable[[torch.Tensor], StepFn]  # the step for some of the starting rows (a long tensor of row numbers)
 
 
 class Hypothesis(NamedTuple):
@@ -76,30 +78,46 @@ def _constrain_(
 
 def greedy_search(
     step: StepFn, state: State, *, batch_size: int, bos_id: int, eos_id: int, max_lens: torch.Tensor,
-    min_length: int = 0, banned: Sequence[int] = (),
+    min_length: int = 0, banned: Sequence[int] = (), narrow: Narrow | None = None,
 ) -> list[Hypothesis]:
-    """The most probable token at every step; one Hypothesis per sentence."""
+    """The most probable token at every step; one Hypothesis per sentence. With `narrow`, as in `beam_search`,
+    finished sentences leave the batch."""
     device = max_lens.device
+    live = torch.arange(batch_size, device=device)  # the sentences still searched, by their number in the batch
     tokens = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)
     scores = torch.zeros(batch_size, device=device)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    history = []
+    history = torch.empty(batch_size, 0, dtype=torch.long, device=device)
+    results: list[Hypothesis] = [Hypothesis([], 0.0)] * batch_size
     for t in range(int(max_lens.max())):
         log_probs, state = step(tokens, state)
         _constrain_(log_probs, t, max_lens=max_lens, min_length=min_length, eos_id=eos_id, finished=finished, banned=banned)
         best, tokens = log_probs.max(dim=-1)
         scores += best
-        history.append(tokens)
+        history = torch.cat([history, tokens.unsqueeze(1)], dim=1)
         finished |= tokens == eos_id
         if finished.all():
             break
-    columns = torch.stack(history, dim=1).tolist()
-    return [Hypothesis(_until_eos(row, eos_id), float(score)) for row, score in zip(columns, scores)]
+        if narrow is not None and finished.any():
+            _collect_greedy(results, live[finished], scores[finished], history[finished], eos_id)
+            keep = (~finished).nonzero().squeeze(1)
+            live, tokens, scores, finished = live[keep], tokens[keep], scores[keep], finished[keep]
+            history, max_lens, state = history[keep], max_lens[keep], reorder(state, keep)
+            step = narrow(live)
+    _collect_greedy(results, live, scores, history, eos_id)
+    return results
+
+
+def _collect_greedy(results: list[Hypothesis], sentences: torch.Tensor, scores: torch.Tensor, history: torch.Tensor,
+                    eos_id: int) -> None:
+    for sentence, score, tokens in zip(sentences.tolist(), scores.tolist(), history.tolist()):
+        results[sentence] = Hypothesis(_until_eos(tokens, eos_id), score)
 
 
 def beam_search(
     step: StepFn, state: State, *, batch_size: int, beam_size: int, bos_id: int, eos_id: int, max_lens: torch.Tensor,
     min_length: int = 0, alpha: float = 0.0, length_norm: bool = False, nbest: int = 1, banned: Sequence[int] = (),
+    narrow: Narrow | None = None,
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first, found with `beam_size` beams.
 
@@ -108,48 +126,72 @@ def beam_search(
     dropped and a finished hypothesis competes with the open ones. A sentence is done once its
     `nbest` best-ranked beams have all finished (as in OpenNMT-py): without a length penalty no
     open beam can overtake them any more, since extending a hypothesis only lowers its score.
+
+    Given `narrow(rows)`, which returns the step for a subset of the starting rows (sentence i's beams
+    are rows i * beam_size ...), done sentences leave the batch, so that later steps compute only the
+    sentences still searched; without it, they stay in as frozen rows.
     """
     assert 1 <= nbest <= beam_size, (nbest, beam_size)
     device = max_lens.device
-    rows = batch_size * beam_size
     state = repeat_rows(state, beam_size)
     max_lens = max_lens.repeat_interleave(beam_size)
-    tokens = torch.full((rows,), bos_id, dtype=torch.long, device=device)
+    beam_offsets = torch.arange(beam_size, device=device)
+    live = torch.arange(batch_size, device=device)  # the sentences still searched, by their number in the batch
+    tokens = torch.full((batch_size * beam_size,), bos_id, dtype=torch.long, device=device)
     scores = torch.full((batch_size, beam_size), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start equal: expand only the first, or they would duplicate
     lengths = torch.zeros(batch_size, beam_size, device=device)
     finished = torch.zeros(batch_size, beam_size, dtype=torch.bool, device=device)
-    history = torch.empty(rows, 0, dtype=torch.long, device=device)
-    row_base = (torch.arange(batch_size, device=device) * beam_size).unsqueeze(1)  # (batch, 1)
+    history = torch.empty(batch_size * beam_size, 0, dtype=torch.long, device=device)
+    results: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
     for t in range(int(max_lens.max())):
         log_probs, state = step(tokens, state)
         _constrain_(log_probs, t, max_lens=max_lens, min_length=min_length, eos_id=eos_id,
                     finished=finished.view(-1), banned=banned)
-        vocab = log_probs.size(-1)
-        candidates = scores.unsqueeze(-1) + log_probs.view(batch_size, beam_size, vocab)  # (batch, beam, vocab)
-        grown = (lengths + ~finished).unsqueeze(-1)                                        # (batch, beam, 1)
+        # A beam's continuations all have the same length, so its best k by log-probability are its best k
+        # by rank too, and only they can make the cut: rank beam x k candidates, not beam x vocabulary.
+        k = min(beam_size, log_probs.size(-1))
+        top_log_probs, top_tokens = log_probs.topk(k, dim=-1)                        # (rows, k)
+        candidates = scores.unsqueeze(-1) + top_log_probs.view(len(live), beam_size, k)  # (sentences, beam, k)
+        grown = (lengths + ~finished).unsqueeze(-1)                                  # (sentences, beam, 1)
         rank = ranking_score(candidates, grown, alpha=alpha, length_norm=length_norm)
-        _, flat = rank.view(batch_size, -1).topk(beam_size, dim=-1)  # (batch, beam), best ranked first
-        beam, tokens = flat // vocab, flat % vocab
-        scores = candidates.view(batch_size, -1).gather(1, flat)
+        _, flat = rank.view(len(live), -1).topk(beam_size, dim=-1)  # (sentences, beam), best ranked first
+        beam, tokens = flat // k, top_tokens.view(len(live), -1).gather(1, flat)
+        scores = candidates.view(len(live), -1).gather(1, flat)
         lengths = grown.squeeze(-1).gather(1, beam)
         # A beam with no finite score (fewer live candidates than beams) is dead: freeze it too.
         finished = finished.gather(1, beam) | (tokens == eos_id) | scores.isneginf()
         finished |= finished[:, :nbest].all(dim=1, keepdim=True)  # a done sentence freezes all its beams
-        source_rows = (row_base + beam).view(-1)
+        source_rows = (beam + torch.arange(len(live), device=device).unsqueeze(1) * beam_size).view(-1)
         state = reorder(state, source_rows)
         history = torch.cat([history[source_rows], tokens.view(-1, 1)], dim=1)
         tokens = tokens.view(-1)
-        if finished.all():
+        done = finished.all(dim=1)
+        if done.all():
             break
-    rank = ranking_score(scores, lengths, alpha=alpha, length_norm=length_norm)
-    order = rank.argsort(dim=-1, descending=True)
-    history = history.view(batch_size, beam_size, -1).tolist()
-    results = []
-    for sentence, beams in enumerate(order.tolist()):
-        kept = [b for b in beams if scores[sentence, b] > float("-inf")][:nbest]
-        results.append([Hypothesis(_until_eos(history[sentence][b], eos_id), float(scores[sentence, b])) for b in kept])
+        if narrow is not None and done.any():
+            _collect_beams(results, live[done], scores[done], lengths[done], history.view(len(live), beam_size, -1)[done],
+                     nbest=nbest, eos_id=eos_id, alpha=alpha, length_norm=length_norm)
+            keep = (~done).nonzero().squeeze(1)
+            rows = (keep.unsqueeze(1) * beam_size + beam_offsets).view(-1)
+            live, scores, lengths, finished = live[keep], scores[keep], lengths[keep], finished[keep]
+            tokens, history, max_lens, state = tokens[rows], history[rows], max_lens[rows], reorder(state, rows)
+            step = narrow((live.unsqueeze(1) * beam_size + beam_offsets).view(-1))
+    _collect_beams(results, live, scores, lengths, history.view(len(live), beam_size, -1), nbest=nbest, eos_id=eos_id,
+             alpha=alpha, length_norm=length_norm)
     return results
+
+
+def _collect_beams(
+    results: list[list[Hypothesis]], sentences: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor,
+    history: torch.Tensor, *, nbest: int, eos_id: int, alpha: float, length_norm: bool,
+) -> None:
+    """Store the `nbest` best-ranked hypotheses of each of `sentences` (scores, lengths: (n, beam); history: (n, beam, t))."""
+    order = ranking_score(scores, lengths, alpha=alpha, length_norm=length_norm).argsort(dim=-1, descending=True)
+    for sentence, beams, beam_scores, beam_tokens in zip(sentences.tolist(), order.tolist(), scores.tolist(),
+                                                         history.tolist()):
+        kept = [b for b in beams if beam_scores[b] > float("-inf")][:nbest]
+        results[sentence] = [Hypothesis(_until_eos(beam_tokens[b], eos_id), beam_scores[b]) for b in kept]
 
 
 def _until_eos(tokens: list[int], eos_id: int) -> list[int]:

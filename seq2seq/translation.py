@@ -16,8 +16,8 @@ import torch
 from seq2seq.config import SearchConfig
 from seq2seq.data import pad
 from seq2seq.errors import ConfigError
-from seq2seq.model import Memory, Seq2Seq
-from seq2seq.search import Hypothesis, StepFn, beam_search, greedy_search, repeat_rows
+from seq2seq.model import Memory, Seq2Seq, quantized_int8
+from seq2seq.search import Hypothesis, Narrow, StepFn, beam_search, greedy_search, reorder, repeat_rows
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
 
 BARRED = (PAD_ID, BOS_ID)  # never proposed by the search: padding, and BOS after the start
@@ -57,12 +57,15 @@ def search_batch(model: Seq2Seq, sources: Sequence[Sequence[int]], search: Searc
         memory, state = model.encode(src, src_lens)
         if search.beam_size == 1 and nbest == 1:
             best = greedy_search(_step_fn(model, memory), state, batch_size=len(sources), bos_id=BOS_ID,
-                                 eos_id=EOS_ID, max_lens=max_lens, min_length=search.min_length, banned=BARRED)
+                                 eos_id=EOS_ID, max_lens=max_lens, min_length=search.min_length, banned=BARRED,
+                                 narrow=_narrowing(model, memory))
             return [[hyp] for hyp in best]
-        return beam_search(_step_fn(model, repeat_rows(memory, search.beam_size)), state,
+        memory = repeat_rows(memory, search.beam_size)
+        return beam_search(_step_fn(model, memory), state,
                            batch_size=len(sources), beam_size=search.beam_size, bos_id=BOS_ID, eos_id=EOS_ID,
                            max_lens=max_lens, min_length=search.min_length, alpha=search.length_penalty,
-                           length_norm=search.length_norm, nbest=nbest, banned=BARRED)
+                           length_norm=search.length_norm, nbest=nbest, banned=BARRED,
+                           narrow=_narrowing(model, memory))
 
 
 def attention_batch(
@@ -96,6 +99,11 @@ def _step_fn(model: Seq2Seq, memory: Memory) -> StepFn:
     return lambda tokens, state: model.decode_step(tokens, state, memory)
 
 
+def _narrowing(model: Seq2Seq, memory: Memory) -> Narrow:
+    """How the search drops done sentences: the step over the chosen rows of the memory."""
+    return lambda rows: _step_fn(model, reorder(memory, rows))
+
+
 def translate(
     model: Seq2Seq, tokenizers: Tokenizers, lines: Iterable[str], search: SearchConfig, *,
     nbest: int = 1, chunk_lines: int | None = None, attention: bool = False, max_source_pieces: int = 0,
@@ -111,10 +119,13 @@ def translate(
     A line longer than `max_source_pieces` (0 = no limit) is translated from its first pieces only,
     after `on_cut(line_number, pieces)`: decoding time grows with the source, so one 100,000-character
     line could stall a whole file; cut, it still gets its one output line.
+    With `search.quantize = "int8"`, a quantized copy of the model translates; `model` is left as it is.
     """
     if attention and model.attention is None:  # checked now, not when the first line is read
         raise ConfigError("this model has no attention (model.attention = none): there is no attention "
                           "to draw or align (--attention-plot, --alignment)")
+    if search.quantize == "int8":
+        model = quantized_int8(model)
     return _translate(model, tokenizers, iter(lines), search, nbest=nbest, chunk_lines=chunk_lines or 8 * search.batch_size,
                       attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut)
 

@@ -14,6 +14,7 @@ from cli.main import app
 from seq2seq import checkpoint
 from seq2seq.config import Config, ModelConfig, SearchConfig
 from seq2seq.errors import ConfigError
+from seq2seq.model import Attention, Memory
 from seq2seq.plotting import attention_picture_size
 from seq2seq.tokenizer import BOS_ID, EOS_ID, Tokenizers
 from seq2seq.translation import hard_alignment, translate
@@ -61,6 +62,21 @@ def test_attention_weights_are_those_the_decoder_steps_compute(make_model, atten
     torch.testing.assert_close(forced, torch.stack(stepped, dim=1), rtol=0, atol=1e-6)
     torch.testing.assert_close(forced.sum(-1), torch.ones(2, 4))
     assert forced[1, :, 3:].abs().max() == 0, "padding gets no attention"
+
+
+def test_bahdanau_weights_equal_the_textbook_tanh_formula() -> None:
+    """The sigmoid form (2 v . sigmoid(2K + 2q)) gives the weights of softmax(v . tanh(W_k h_j + W_q s + b))."""
+    torch.manual_seed(0)
+    attention = Attention("bahdanau", 16)
+    values = torch.randn(3, 5, 16)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] * 4 + [False]])
+    query = torch.randn(3, 16)
+    context, weights = attention(query, Memory(values, attention.keys(values), mask))
+    energy = torch.tanh(attention.key_map(values) + attention.query_map(query).unsqueeze(1)) @ attention.energy.weight[0]
+    expected = torch.softmax(energy.masked_fill(~mask, float("-inf")), dim=-1)
+    assert torch.allclose(weights, expected, atol=1e-6)
+    assert torch.allclose(context, torch.einsum("bs,bsh->bh", expected, values), atol=1e-6)
+    assert not torch.allclose(expected[0], torch.full((5,), 0.2), atol=1e-3), "the weights should not be uniform"
 
 
 def test_hard_alignment_pairs_each_output_piece_with_its_most_attended_source_piece() -> None:

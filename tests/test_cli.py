@@ -101,6 +101,16 @@ def test_nbest_prints_moses_blocks(trained: Path) -> None:
     assert all(float(row[2]) <= 0 for row in rows)
 
 
+def test_quantized_translation_answers_every_line_and_a_bad_choice_is_one_line(trained: Path) -> None:
+    result = runner.invoke(app, ["translate", "-m", str(trained / "best.pt"), "--quantize", "int8", "-q"],
+                           input="the cat\n\nsmall house\n")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 3
+    refused = runner.invoke(app, ["translate", "-m", str(trained / "best.pt"), "--quantize", "int4"], input="the cat\n")
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == ["error: search.quantize must be none or int8"]
+
+
 def test_missing_model_is_one_line_and_exit_1(tmp_path: Path) -> None:
     result = runner.invoke(app, ["translate", "-m", str(tmp_path / "nope.pt")], input="hello\n")
     assert result.exit_code == 1

@@ -202,6 +202,53 @@ def test_beam_of_one_equals_greedy_token_for_token() -> None:
     assert len({len(g[0].tokens) for g in greedy}) > 1, "the sentences end at different steps"
 
 
+@pytest.mark.parametrize("nbest", [1, 3])
+def test_done_sentences_leaving_the_batch_changes_no_result(nbest: int) -> None:
+    """With `narrow`, done sentences leave the batch; every hypothesis and score stays as without it."""
+    model = random_model(seed=4)
+    sources = random_sources(24, seed=4)
+    narrowed = []
+    with torch.no_grad():
+        src, src_lens = pad([[*s, EOS_ID] for s in sources])
+        memory, state = model.encode(src, src_lens)
+        memory = repeat_rows(memory, 4)
+        max_lens = (src_lens * 2 + 10).long()
+
+        def step_for(memory):
+            return lambda tokens, st: model.decode_step(tokens, st, memory)
+
+        def narrow(rows):
+            narrowed.append(len(rows))
+            return step_for(reorder(memory, rows))
+
+        settings = dict(batch_size=len(sources), beam_size=4, bos_id=BOS_ID, eos_id=EOS_ID, max_lens=max_lens,
+                        alpha=1.0, nbest=nbest, banned=(PAD_ID, BOS_ID))
+        whole = beam_search(step_for(memory), state, **settings)
+        shrinking = beam_search(step_for(memory), state, **settings, narrow=narrow)
+
+    assert narrowed and narrowed == sorted(narrowed, reverse=True) and narrowed[-1] < 4 * len(sources)
+    assert [[h.tokens for h in hyps] for hyps in shrinking] == [[h.tokens for h in hyps] for hyps in whole]
+    assert [h.score for hyps in shrinking for h in hyps] == pytest.approx([h.score for hyps in whole for h in hyps], abs=1e-5)
+    assert all(len(hyps) == nbest for hyps in whole)
+
+
+def test_finished_sentences_leaving_a_greedy_batch_changes_no_result() -> None:
+    model = random_model(seed=5)
+    sources = random_sources(24, seed=5)
+    with torch.no_grad():
+        src, src_lens = pad([[*s, EOS_ID] for s in sources])
+        memory, state = model.encode(src, src_lens)
+        settings = dict(batch_size=len(sources), bos_id=BOS_ID, eos_id=EOS_ID, max_lens=(src_lens * 2 + 10).long(),
+                        banned=(PAD_ID, BOS_ID))
+        whole = greedy_search(lambda tokens, st: model.decode_step(tokens, st, memory), state, **settings)
+        shrinking = greedy_search(lambda tokens, st: model.decode_step(tokens, st, memory), state, **settings,
+                                  narrow=lambda rows: lambda tokens, st: model.decode_step(tokens, st, reorder(memory, rows)))
+
+    assert [h.tokens for h in shrinking] == [h.tokens for h in whole]
+    assert [h.score for h in shrinking] == pytest.approx([h.score for h in whole], abs=1e-5)
+    assert len({len(h.tokens) for h in whole}) > 1, "the sentences end at different steps"
+
+
 def test_a_wide_beam_finds_the_best_sequence_of_brute_force_enumeration() -> None:
     # 6 target ids (pad, unk, bos, eos and two words); translation never emits pad or bos, and EOS
     # ends a sequence. Max length 4 counts the EOS: every sequence of 0-3 ids from {unk, w1, w2} then
