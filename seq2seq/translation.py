@@ -150,10 +150,11 @@ def _translate(
             sources = [encoded[i] for i in indices]
             found = search_batch(model, sources, search, nbest=nbest)
             looked = _attention(model, sources, found, search.precision) if attention else [[None] * len(h) for h in found]
+            # one SentencePiece call per batch: each call has a fixed cost (it starts threads)
+            texts = iter(tokenizers.tgt.decode([hyp.tokens for hypotheses in found for hyp in hypotheses]))
             for index, hypotheses, attended in zip(indices, found, looked):
-                texts = tokenizers.tgt.decode([hyp.tokens for hyp in hypotheses])
-                results[index] = [Translation(text, hyp.score, hyp.tokens, seen)
-                                  for text, hyp, seen in zip(texts, hypotheses, attended)]
+                results[index] = [Translation(next(texts), hyp.score, hyp.tokens, seen)
+                                  for hyp, seen in zip(hypotheses, attended)]
         yield from results
 
 

@@ -1,0 +1,145 @@
+"""Scale: training start-up and streamed translation at 10k, 100k and 1M lines (time and peak memory).
+
+    python bench/scale.py --sizes 10000 100000 1000000
+
+Corpora of N pairs are built from Multi30k train: copy i of the 29,000 pairs has the words of every
+sentence rotated by i places, so that the lines are distinct (SentencePiece and the length bucketing
+see N different sentences) while the vocabulary stays that of real text.
+
+- training: `seq2seq train` with the Multi30k recipe on N pairs, timed until its first update is done
+  (reading, SentencePiece training and encoding, batching, building the model, one update), and its
+  peak RSS; the run is stopped right after that update.
+- translation: N source lines streamed through `seq2seq translate` on stdin, greedy, with a tiny model
+  (random weights, embeddings 16, hidden 32, the Multi30k run's SentencePiece model) that ends every
+  output at its first step, so that 1M lines take minutes: every line still goes through reading,
+  SentencePiece, batching, the encoder, one decoder step and writing. What is measured is whether
+  memory stays flat as the input grows, not decoding speed (that is `translate_speed.py`).
+Each measurement is one process under `/usr/bin/time -v`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RECIPE = HERE.parent / "data" / "recipes" / "multi30k.toml"
+
+
+def rotated(line: str, places: int) -> str:
+    words = line.split()
+    if not words:
+        return line
+    places %= len(words)
+    return " ".join(words[places:] + words[:places])
+
+
+def write_corpus(data: Path, size: int, folder: Path) -> tuple[Path, Path]:
+    from seq2seq.textio import read_lines
+
+    pairs = list(zip(read_lines(data / "train.de.gz"), read_lines(data / "train.en.gz")))
+    paths = folder / f"train.{size}.de", folder / f"train.{size}.en"
+    with open(paths[0], "w", encoding="utf-8") as src, open(paths[1], "w", encoding="utf-8") as tgt:
+        for index in range(size):
+            source, target = pairs[index % len(pairs)]
+            copy = index // len(pairs)
+            src.write(rotated(source, copy) + "\n")
+            tgt.write(rotated(target, copy) + "\n")
+    return paths
+
+
+def first_update(source: str, target: str, data: Path, output: str) -> None:
+    """Child: train until the first update is done, then print the seconds it took from the start."""
+    from seq2seq import config
+    from seq2seq.allocator import reuse_freed_memory
+    from seq2seq.training import StepsDone, train
+
+    start = time.perf_counter()
+    reuse_freed_memory()
+    overrides = {"data.source": source, "data.target": target, "data.valid_source": str(data / "val.de.gz"),
+                 "data.valid_target": str(data / "val.en.gz"), "train.log_every": 1}
+    seconds: list[float] = []
+
+    def report(event: object) -> None:
+        if isinstance(event, StepsDone) and not seconds:
+            seconds.append(time.perf_counter() - start)
+
+    train(config.resolve(RECIPE, overrides), output, report=report, should_stop=lambda: "interrupted" if seconds else None)
+    print("RESULT " + json.dumps({"first_update_s": seconds[0]}))
+
+
+def tiny_model(tokenizers_from: Path, path: Path) -> None:
+    import torch
+
+    from seq2seq import checkpoint
+    from seq2seq.config import Config, ModelConfig
+    from seq2seq.tokenizer import EOS_ID
+
+    tokenizers = checkpoint.load(tokenizers_from).tokenizers
+    config = Config(model=ModelConfig(emb_dim=16, hidden_dim=32))
+    torch.manual_seed(0)
+    model = checkpoint.build_model(config, tokenizers)
+    with torch.no_grad():
+        model.out.bias[EOS_ID] = 20.0  # it ends every output at once: decoding is one step a batch
+    checkpoint.save(path, config=config, tokenizers=tokenizers, model=model, step=0)
+
+
+def timed(command: list[str], stdin_path: Path | None = None) -> tuple[str, float, float]:
+    """(output, wall seconds, peak RSS in GiB) of one process under /usr/bin/time -v."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    start = time.perf_counter()
+    with open(stdin_path or os.devnull, "rb") as stdin:
+        done = subprocess.run(["/usr/bin/time", "-v", *command], stdin=stdin, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
+    wall = time.perf_counter() - start
+    log = done.stdout[-5000:] + done.stderr
+    if done.returncode:
+        raise SystemExit(f"{command} failed:\n{log[-3000:]}")
+    peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", log).group(1))
+    return log, wall, peak_kib / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data" / "multi30k")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--tokenizers-from", type=Path, required=True,
+                        help="a Multi30k checkpoint whose SentencePiece model the tiny translation model uses")
+    parser.add_argument("--child-train", nargs=3, metavar=("SOURCE", "TARGET", "OUTPUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_train:
+        source, target, output = args.child_train
+        first_update(source, target, args.data, output)
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        model = folder / "tiny.pt"
+        tiny_model(args.tokenizers_from, model)
+        for size in args.sizes:
+            source, target = write_corpus(args.data, size, folder)
+            log, train_wall, train_rss = timed([sys.executable, __file__, "--data", str(args.data),
+                                                "--tokenizers-from", str(args.tokenizers_from), "--child-train",
+                                                str(source), str(target), str(folder / f"run{size}")])
+            first = json.loads(re.search(r"^RESULT (.*)$", log, re.M).group(1))["first_update_s"]
+            _, translate_wall, translate_rss = timed([sys.executable, "-m", "seq2seq", "translate", "-m", str(model),
+                                                      "--beam-size", "1", "-q"], stdin_path=source)
+            rows.append((size, first, train_wall, train_rss, translate_wall, translate_rss))
+    print(f"threads {os.environ.get('OMP_NUM_THREADS', '2')}")
+    print("| pairs / lines | training: first update done, s | training: peak RSS, GiB | "
+          "translate stdin (tiny model, greedy): wall, s | lines/s | peak RSS, GiB |")
+    print("|---|---|---|---|---|---|")
+    for size, first, _, train_rss, translate_wall, translate_rss in rows:
+        print(f"| {size:,} | {first:.1f} | {train_rss:.2f} | {translate_wall:.1f} | {size / translate_wall:,.0f} | "
+              f"{translate_rss:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
