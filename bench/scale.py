@@ -118,27 +118,24 @@ def main() -> None:
         source, target, output = args.child_train
         first_update(source, target, args.data, output)
         return
-    rows = []
+    print(f"threads {os.environ.get('OMP_NUM_THREADS', '2')}")
+    print("| pairs / lines | training: first update done, s | training: peak RSS, GiB | "
+          "translate stdin (tiny model, greedy): wall, s | lines/s | peak RSS, GiB |")
+    print("|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         model = folder / "tiny.pt"
         tiny_model(args.tokenizers_from, model)
-        for size in args.sizes:
+        for size in args.sizes:  # a row as soon as it is measured: 1M lines take a while
             source, target = write_corpus(args.data, size, folder)
-            log, train_wall, train_rss = timed([sys.executable, __file__, "--data", str(args.data),
-                                                "--tokenizers-from", str(args.tokenizers_from), "--child-train",
-                                                str(source), str(target), str(folder / f"run{size}")])
+            log, _, train_rss = timed([sys.executable, __file__, "--data", str(args.data),
+                                       "--tokenizers-from", str(args.tokenizers_from), "--child-train",
+                                       str(source), str(target), str(folder / f"run{size}")])
             first = json.loads(re.search(r"^RESULT (.*)$", log, re.M).group(1))["first_update_s"]
             _, translate_wall, translate_rss = timed([sys.executable, "-m", "seq2seq", "translate", "-m", str(model),
                                                       "--beam-size", "1", "-q"], stdin_path=source)
-            rows.append((size, first, train_wall, train_rss, translate_wall, translate_rss))
-    print(f"threads {os.environ.get('OMP_NUM_THREADS', '2')}")
-    print("| pairs / lines | training: first update done, s | training: peak RSS, GiB | "
-          "translate stdin (tiny model, greedy): wall, s | lines/s | peak RSS, GiB |")
-    print("|---|---|---|---|---|---|")
-    for size, first, _, train_rss, translate_wall, translate_rss in rows:
-        print(f"| {size:,} | {first:.1f} | {train_rss:.2f} | {translate_wall:.1f} | {size / translate_wall:,.0f} | "
-              f"{translate_rss:.2f} |")
+            print(f"| {size:,} | {first:.1f} | {train_rss:.2f} | {translate_wall:.1f} | {size / translate_wall:,.0f} | "
+                  f"{translate_rss:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
