@@ -9,9 +9,8 @@ State is a value passed in and returned; the modules remember nothing between ca
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
