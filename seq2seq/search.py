@@ -171,14 +171,14 @@ def beam_search(
             break
         if narrow is not None and done.any():
             _collect_beams(results, live[done], scores[done], lengths[done], history.view(len(live), beam_size, -1)[done],
-                     nbest=nbest, eos_id=eos_id, alpha=alpha, length_norm=length_norm)
+                           nbest=nbest, eos_id=eos_id, alpha=alpha, length_norm=length_norm)
             keep = (~done).nonzero().squeeze(1)
             rows = (keep.unsqueeze(1) * beam_size + beam_offsets).view(-1)
             live, scores, lengths, finished = live[keep], scores[keep], lengths[keep], finished[keep]
             tokens, history, max_lens, state = tokens[rows], history[rows], max_lens[rows], reorder(state, rows)
             step = narrow((live.unsqueeze(1) * beam_size + beam_offsets).view(-1))
     _collect_beams(results, live, scores, lengths, history.view(len(live), beam_size, -1), nbest=nbest, eos_id=eos_id,
-             alpha=alpha, length_norm=length_norm)
+                   alpha=alpha, length_norm=length_norm)
     return results
 
 
