@@ -9,6 +9,7 @@ State is a value passed in and returned; the modules remember nothing between ca
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import NamedTuple
 
@@ -96,15 +97,23 @@ class Attention(nn.Module):
         return self.key_map(values) if hasattr(self, "key_map") else values
 
     def forward(self, query: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the context (batch, hidden) and the weights (batch, src_len)."""
+        """Returns the context (rows, hidden) and the weights (rows, src_len).
+
+        The rows of `query` come in equal groups, one per memory row: in beam search, a sentence's
+        beams all attend to its one copy of the memory, so the memory is never repeated per beam and
+        the context is one (beams x src_len) by (src_len x hidden) product per sentence.
+        """
+        batch, src_len, hidden_dim = memory.values.shape
+        grouped = query.view(batch, -1, hidden_dim)                                          # (batch, group, hidden)
         if self.kind == "bahdanau":
-            hidden = torch.sigmoid(memory.keys + 2 * self.query_map(query).unsqueeze(1))  # (batch, src_len, hidden)
-            scores = 2 * self.energy(hidden).squeeze(-1)                                   # (batch, src_len)
+            query_part = self.query_map(grouped).unsqueeze(2)                                # (batch, group, 1, hidden)
+            hidden = torch.add(memory.keys.unsqueeze(1), query_part, alpha=2).sigmoid_()     # (batch, group, src_len, hidden)
+            scores = 2 * self.energy(hidden).squeeze(-1)                                     # (batch, group, src_len)
         else:
-            scores = torch.bmm(memory.keys, query.unsqueeze(-1)).squeeze(-1)              # (batch, src_len)
-        weights = torch.softmax(scores.masked_fill(~memory.mask, float("-inf")), dim=-1)
-        context = torch.bmm(weights.unsqueeze(1), memory.values).squeeze(1)               # (batch, hidden)
-        return context, weights
+            scores = torch.bmm(grouped, memory.keys.transpose(1, 2))                         # (batch, group, src_len)
+        weights = torch.softmax(scores.masked_fill(~memory.mask.unsqueeze(1), float("-inf")), dim=-1)
+        context = torch.bmm(weights, memory.values)                                          # (batch, group, hidden)
+        return context.view(-1, hidden_dim), weights.view(-1, src_len)
 
 
 class Seq2Seq(nn.Module):
@@ -195,7 +204,10 @@ class Seq2Seq(nn.Module):
         return self.out(self.out_proj(attentional) if hasattr(self, "out_proj") else attentional)
 
     def decode_step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
-        """tokens (batch,) -> log-probabilities (batch, tgt_vocab) of the next token, and the new state."""
+        """tokens (rows,) -> log-probabilities (rows, tgt_vocab) of the next token, and the new state.
+
+        The rows are the memory's sentences, or a whole number of rows per sentence (its beams, side by side).
+        """
         input_gates = self.cells[0].input_map(self.embedding_dropout(self.tgt_embed(tokens)))
         attentional, state, _ = self._step(input_gates, state, memory)
         return F.log_softmax(self._logits(attentional).float(), dim=-1), state
@@ -236,6 +248,8 @@ def quantized_int8(model: Seq2Seq) -> Seq2Seq:
     """A copy for CPU inference whose linear layers and encoder hold int8 weights (dynamic quantization).
 
     Activations are quantized on the fly, row by row, and everything between the products stays fp32.
+    Bahdanau's energy layer stays fp32: its input, one vector per beam and source position, would be
+    quantized anew at every step for a product of one output column.
     torch marks `torch.ao.quantization` as deprecated in favour of torchao (not a dependency here);
     its notice is silenced because the user chose int8 and cannot act on it.
     """
@@ -243,4 +257,7 @@ def quantized_int8(model: Seq2Seq) -> Seq2Seq:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {nn.Linear, ENCODERS[model.cell]}, dtype=torch.qint8)
+        quantized = quantize_dynamic(model, {nn.Linear, ENCODERS[model.cell]}, dtype=torch.qint8)
+    if model.attention is not None and model.attention.kind == "bahdanau":
+        quantized.attention.energy = copy.deepcopy(model.attention.energy)
+    return quantized

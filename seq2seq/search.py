@@ -3,8 +3,8 @@
 The search knows nothing about the model: `state` is any tuple of tensors whose dim 0 is the row
 (sentence, or sentence x beam), and it is reordered by `index_select` when beams are pruned. All
 beams of all sentences advance together as one tensor step. Whatever the step closes over (the
-encoder's memory) cannot be reordered by the search; given a `narrow` function that makes the step
-for fewer rows, both searches let done sentences leave the batch.
+encoder's memory, one row per sentence) cannot be reordered by the search; given a `narrow` function
+that makes the step for fewer sentences, both searches let done sentences leave the batch.
 
 Scores are the model's log-probability of the whole hypothesis, EOS included. Ranking may divide
 them by a length penalty (GNMT, `alpha`) or by the length; the reported score never is.
@@ -19,7 +19,7 @@ import torch
 
 State = TypeVar("State", bound=tuple)
 StepFn = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
-Narrow = Callable[[torch.Tensor], StepFn]  # the step for some of the starting rows (a long tensor of row numbers)
+Narrow = Callable[[torch.Tensor], StepFn]  # the step for some of the batch's sentences (a long tensor of their numbers)
 
 
 class Hypothesis(NamedTuple):
@@ -127,9 +127,9 @@ def beam_search(
     `nbest` best-ranked beams have all finished (as in OpenNMT-py): without a length penalty no
     open beam can overtake them any more, since extending a hypothesis only lowers its score.
 
-    Given `narrow(rows)`, which returns the step for a subset of the starting rows (sentence i's beams
-    are rows i * beam_size ...), done sentences leave the batch, so that later steps compute only the
-    sentences still searched; without it, they stay in as frozen rows.
+    Given `narrow(sentences)`, which returns the step for some of the batch's sentences (their beams
+    are the state's rows, sentence by sentence), done sentences leave the batch, so that later steps
+    compute only the sentences still searched; without it, they stay in as frozen rows.
     """
     assert 1 <= nbest <= beam_size, (nbest, beam_size)
     device = max_lens.device
@@ -176,7 +176,7 @@ def beam_search(
             rows = (keep.unsqueeze(1) * beam_size + beam_offsets).view(-1)
             live, scores, lengths, finished = live[keep], scores[keep], lengths[keep], finished[keep]
             tokens, history, max_lens, state = tokens[rows], history[rows], max_lens[rows], reorder(state, rows)
-            step = narrow((live.unsqueeze(1) * beam_size + beam_offsets).view(-1))
+            step = narrow(live)
     _collect_beams(results, live, scores, lengths, history.view(len(live), beam_size, -1), nbest=nbest, eos_id=eos_id,
                    alpha=alpha, length_norm=length_norm)
     return results

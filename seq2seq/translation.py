@@ -17,7 +17,7 @@ from seq2seq.config import SearchConfig
 from seq2seq.data import pad
 from seq2seq.errors import ConfigError
 from seq2seq.model import Memory, Seq2Seq, quantized_int8
-from seq2seq.search import Hypothesis, Narrow, StepFn, beam_search, greedy_search, reorder, repeat_rows
+from seq2seq.search import Hypothesis, Narrow, StepFn, beam_search, greedy_search, reorder
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
 
 BARRED = (PAD_ID, BOS_ID)  # never proposed by the search: padding, and BOS after the start
@@ -60,7 +60,6 @@ def search_batch(model: Seq2Seq, sources: Sequence[Sequence[int]], search: Searc
                                  eos_id=EOS_ID, max_lens=max_lens, min_length=search.min_length, banned=BARRED,
                                  narrow=_narrowing(model, memory))
             return [[hyp] for hyp in best]
-        memory = repeat_rows(memory, search.beam_size)
         return beam_search(_step_fn(model, memory), state,
                            batch_size=len(sources), beam_size=search.beam_size, bos_id=BOS_ID, eos_id=EOS_ID,
                            max_lens=max_lens, min_length=search.min_length, alpha=search.length_penalty,
@@ -100,8 +99,8 @@ def _step_fn(model: Seq2Seq, memory: Memory) -> StepFn:
 
 
 def _narrowing(model: Seq2Seq, memory: Memory) -> Narrow:
-    """How the search drops done sentences: the step over the chosen rows of the memory."""
-    return lambda rows: _step_fn(model, reorder(memory, rows))
+    """How the search drops done sentences: the step over the memory of the sentences still searched."""
+    return lambda sentences: _step_fn(model, reorder(memory, sentences))
 
 
 def translate(

@@ -79,6 +79,23 @@ def test_bahdanau_weights_equal_the_textbook_tanh_formula() -> None:
     assert not torch.allclose(expected[0], torch.full((5,), 0.2), atol=1e-3), "the weights should not be uniform"
 
 
+@pytest.mark.parametrize("kind", ["bahdanau", "luong-dot", "luong-general"])
+def test_grouped_queries_attend_to_their_own_sentence_as_with_a_repeated_memory(kind: str) -> None:
+    """Beam search gives 3 queries per sentence and one memory row each: the same as repeating the memory per beam."""
+    torch.manual_seed(1)
+    attention = Attention(kind, 8)
+    values = torch.randn(2, 4, 8)
+    mask = torch.tensor([[True] * 4, [True] * 2 + [False] * 2])
+    queries = torch.randn(6, 8)  # sentence 0's beams, then sentence 1's
+    shared = attention(queries, Memory(values, attention.keys(values), mask))
+    repeated_values, repeated_mask = values.repeat_interleave(3, dim=0), mask.repeat_interleave(3, dim=0)
+    repeated = attention(queries, Memory(repeated_values, attention.keys(repeated_values), repeated_mask))
+    for got, expected in zip(shared, repeated):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert shared[1][3:, 2:].abs().max() == 0, "sentence 1's beams never attend to its padding"
+    assert not torch.allclose(shared[1][0], shared[1][3]), "the two sentences' beams attend differently"
+
+
 def test_hard_alignment_pairs_each_output_piece_with_its_most_attended_source_piece() -> None:
     # Two source pieces + EOS (columns), three output pieces + EOS (rows).
     weights = torch.tensor([

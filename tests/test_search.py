@@ -210,23 +210,22 @@ def test_done_sentences_leaving_the_batch_changes_no_result(nbest: int) -> None:
     narrowed = []
     with torch.no_grad():
         src, src_lens = pad([[*s, EOS_ID] for s in sources])
-        memory, state = model.encode(src, src_lens)
-        memory = repeat_rows(memory, 4)
+        memory, state = model.encode(src, src_lens)  # one memory row per sentence, shared by its beams
         max_lens = (src_lens * 2 + 10).long()
 
         def step_for(memory):
             return lambda tokens, st: model.decode_step(tokens, st, memory)
 
-        def narrow(rows):
-            narrowed.append(len(rows))
-            return step_for(reorder(memory, rows))
+        def narrow(sentences):
+            narrowed.append(len(sentences))
+            return step_for(reorder(memory, sentences))
 
         settings = dict(batch_size=len(sources), beam_size=4, bos_id=BOS_ID, eos_id=EOS_ID, max_lens=max_lens,
                         alpha=1.0, nbest=nbest, banned=(PAD_ID, BOS_ID))
         whole = beam_search(step_for(memory), state, **settings)
         shrinking = beam_search(step_for(memory), state, **settings, narrow=narrow)
 
-    assert narrowed and narrowed == sorted(narrowed, reverse=True) and narrowed[-1] < 4 * len(sources)
+    assert narrowed and narrowed == sorted(narrowed, reverse=True) and narrowed[-1] < len(sources)
     assert [[h.tokens for h in hyps] for hyps in shrinking] == [[h.tokens for h in hyps] for hyps in whole]
     assert [h.score for hyps in shrinking for h in hyps] == pytest.approx([h.score for hyps in whole for h in hyps], abs=1e-5)
     assert all(len(hyps) == nbest for hyps in whole)
@@ -242,7 +241,7 @@ def test_finished_sentences_leaving_a_greedy_batch_changes_no_result() -> None:
                         banned=(PAD_ID, BOS_ID))
         whole = greedy_search(lambda tokens, st: model.decode_step(tokens, st, memory), state, **settings)
         shrinking = greedy_search(lambda tokens, st: model.decode_step(tokens, st, memory), state, **settings,
-                                  narrow=lambda rows: lambda tokens, st: model.decode_step(tokens, st, reorder(memory, rows)))
+                                  narrow=lambda sentences: lambda tokens, st: model.decode_step(tokens, st, reorder(memory, sentences)))
 
     assert [h.tokens for h in shrinking] == [h.tokens for h in whole]
     assert [h.score for h in shrinking] == pytest.approx([h.score for h in whole], abs=1e-5)
