@@ -6,8 +6,8 @@ Each row trains `seq2seq train --config data/recipes/multi30k.toml --precision b
 with its `--set` changes, de->en, then translates test_2016_flickr with the run's best.pt (best
 validation BLEU) at beam 5 and greedily, and scores both with sacreBLEU (cased, 13a, detokenized).
 Run it with nothing else busy: a second job slows training, and the budget is wall-clock time.
-A row already in RUNS/results.jsonl is not trained again, so the table can be filled over several
-sittings; it is printed from that file, with the date of each row.
+A row already in the results file (--results, kept in the repository) is not trained again, so the
+table can be filled over several sittings; it is printed from that file, with the date of each row.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import sacrebleu
 
 from seq2seq.textio import read_lines
 
-RECIPE = Path(__file__).resolve().parents[1] / "data" / "recipes" / "multi30k.toml"
+HERE = Path(__file__).resolve().parent
+RECIPE = HERE.parent / "data" / "recipes" / "multi30k.toml"
 ROWS = {  # row: (run folder, changes to the recipe)
     "lstm (recipe)": ("recipe", []),
     "gru": ("gru", ["model.cell=gru"]),
@@ -39,7 +40,7 @@ def seq2seq(*args: str) -> None:
 
 
 def train_row(name: str, args: argparse.Namespace) -> dict:
-    """Train one row and measure it; returns the row as stored in results.jsonl."""
+    """Train one row and measure it; returns the row as stored in the results file."""
     folder, changes = ROWS[name]
     run = args.runs / folder
     settings = [option for change in changes for option in ("--set", change)]
@@ -77,9 +78,10 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--results", type=Path, default=HERE / "ablation-results.jsonl", help="one JSON line per measured row")
     args = parser.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
-    store = args.runs / "results.jsonl"
+    store = args.results
     done = {json.loads(line)["row"] for line in store.read_text().splitlines()} if store.exists() else set()
     for name in args.rows:
         if name in done:
