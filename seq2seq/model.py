@@ -9,7 +9,6 @@ State is a value passed in and returned; the modules remember nothing between ca
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import NamedTuple
 
@@ -253,11 +252,10 @@ def quantized_int8(model: Seq2Seq) -> Seq2Seq:
     torch marks `torch.ao.quantization` as deprecated in favour of torchao (not a dependency here);
     its notice is silenced because the user chose int8 and cannot act on it.
     """
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
+    # By type, then by name: a module named with None is left as it is.
+    plan = {nn.Linear: default_dynamic_qconfig, ENCODERS[model.cell]: default_dynamic_qconfig, "attention.energy": None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantized = quantize_dynamic(model, {nn.Linear, ENCODERS[model.cell]}, dtype=torch.qint8)
-    if model.attention is not None and model.attention.kind == "bahdanau":
-        quantized.attention.energy = copy.deepcopy(model.attention.energy)
-    return quantized
+        return quantize_dynamic(model, plan, dtype=torch.qint8)
