@@ -211,10 +211,18 @@ class Seq2Seq(nn.Module):
         attentional, state, _ = self._step(input_gates, state, memory)
         return F.log_softmax(self._logits(attentional).float(), dim=-1), state
 
-    def forward(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: logits (batch, tgt_len, tgt_vocab) for every position of `tgt_in`."""
+    def forward(
+        self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor, positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher forcing: logits (batch, tgt_len, tgt_vocab) for every position of `tgt_in`, or (n, tgt_vocab)
+        for the n positions where the mask `positions` (batch, tgt_len) is True.
+
+        Training passes the target's real tokens as `positions`: padding then never reaches the output
+        layer, the largest product of the model.
+        """
         outputs, _ = self._unroll(src, src_lens, tgt_in)
-        return self._logits(torch.stack(outputs, dim=1))  # one product for the output layer, too
+        attentional = torch.stack(outputs, dim=1)
+        return self._logits(attentional if positions is None else attentional[positions])  # one product for all steps
 
     def attention_weights(self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: the attention (batch, tgt_len, src_len) of every position of `tgt_in` over the source.

@@ -16,9 +16,11 @@ from seq2seq.config import TrainConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW, fused: one kernel updates each parameter, where torch's default on CPU is a loop
+    of a dozen element-wise ops per parameter."""
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.Adam(params, lr=cfg.lr, fused=True)
 
 
 class LearningRate:

@@ -254,10 +254,11 @@ def update(
     norm on any rank makes no update on any: the optimizer (and its moments) are left alone.
     """
     tokens = tokens or batch.tgt_tokens
+    real = batch.tgt_out != PAD_ID
     with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
-        logits = model(batch.src, batch.src_lens, batch.tgt_in)
-    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
-                               label_smoothing=settings.label_smoothing, reduction="sum")
+        logits = model(batch.src, batch.src_lens, batch.tgt_in, real)  # (real target tokens, vocab)
+    loss_sum = F.cross_entropy(logits.float(), batch.tgt_out[real], label_smoothing=settings.label_smoothing,
+                               reduction="sum")
     optimizer.zero_grad(set_to_none=True)
     (loss_sum * (0 if stand_in else world.size) / tokens).backward()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm or math.inf))
@@ -387,8 +388,9 @@ def _validate(run: _Run, state: LoopState) -> Validated:
     with torch.inference_mode():
         for start in range(0, len(run.valid_examples), 64):
             batch = collate(run.valid_examples[start : start + 64]).to(run.world.device)
-            logits = model(batch.src, batch.src_lens, batch.tgt_in)
-            loss_sum += float(F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID, reduction="sum"))
+            real = batch.tgt_out != PAD_ID
+            logits = model(batch.src, batch.src_lens, batch.tgt_in, real)
+            loss_sum += float(F.cross_entropy(logits, batch.tgt_out[real], reduction="sum"))
             tokens += batch.tgt_tokens
     model.train()
     searcher = model if run.world.device.type == "cpu" else copy.deepcopy(model).cpu()  # translation works on the CPU

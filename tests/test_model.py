@@ -84,6 +84,19 @@ def test_the_first_sentence_of_a_batch_does_not_change_the_second(make_model) ->
     torch.testing.assert_close(logits[1], other_logits[1], rtol=0, atol=1e-6)
 
 
+def test_logits_at_chosen_positions_are_those_of_the_whole_pass(make_model) -> None:
+    model = make_model(scale=0.5)
+    src, src_lens, tgt_in = random_batch(4, vocab=20, seed=5)
+    positions = tgt_in != PAD_ID  # what training asks for: the real target tokens
+
+    with torch.no_grad():
+        everywhere, chosen = model(src, src_lens, tgt_in), model(src, src_lens, tgt_in, positions)
+
+    assert not positions.all(), "the batch should hold padding for this test to mean anything"
+    assert chosen.shape == (int(positions.sum()), everywhere.size(-1))
+    torch.testing.assert_close(chosen, everywhere[positions], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("layers", [1, 2])
 def test_shapes(make_model, layers: int) -> None:
     batch, hidden, src_vocab, tgt_vocab = 3, 32, 11, 13
