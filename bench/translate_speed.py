@@ -25,7 +25,7 @@ from pathlib import Path
 
 import sacrebleu
 
-from seq2seq import checkpoint
+from seq2seq import checkpoint, devices
 from seq2seq.allocator import reuse_freed_memory
 from seq2seq.textio import read_lines
 from seq2seq.translation import translate
@@ -37,10 +37,11 @@ VARIANTS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "int8"
 
 
 def ours(model: Path, sources: list[str], references: list[str], settings: list[tuple[int, int]], repeats: int,
-         variant: str) -> list[dict]:
+         variant: str, device: str) -> list[dict]:
     """Our decoding time includes quantizing the model (about 0.1 s) for the int8 variant."""
     reuse_freed_memory()  # as `seq2seq translate` does
     loaded = checkpoint.load(model)
+    loaded.model.to(devices.resolve(device))
     rows = []
     for beam, batch in settings:
         search = replace(loaded.config.search, beam_size=beam, batch_size=batch, **VARIANTS[variant])
@@ -51,10 +52,11 @@ def ours(model: Path, sources: list[str], references: list[str], settings: list[
             times.append(time.perf_counter() - start)
         pieces = sum(len(out.tokens) for out in outputs)
         bleu = sacrebleu.corpus_bleu([out.text for out in outputs], [references]).score
-        options = [f"--{name}={value}" for name, value in VARIANTS[variant].items()]
+        options = [f"--{name}={value}" for name, value in VARIANTS[variant].items()] + [f"--device={device}"]
         whole = _whole_command([sys.executable, "-m", "seq2seq", "translate", "-m", str(model), "-q", *options,
                                 "--beam-size", str(beam), "--batch-size", str(batch)], sources) if batch == 64 else None
-        rows.append(_row(f"seq2seq {variant}", beam, batch, times, len(sources), pieces, bleu, whole))
+        system = f"seq2seq {variant}" + (f" ({device})" if device != "cpu" else "")
+        rows.append(_row(system, beam, batch, times, len(sources), pieces, bleu, whole))
     return rows
 
 
@@ -111,11 +113,13 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                         help="fp32, bf16 (autocast) and int8 (--quantize int8)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where ours translates (int8: cpu only)")
     args = parser.parse_args()
     sources = read_lines(args.data / "test_2016_flickr.de.gz")
     references = read_lines(args.data / "test_2016_flickr.en.gz")
     settings = [(beam, batch) for beam in args.beams for batch in args.batch_sizes]
-    rows = [row for variant in args.variants for row in ours(args.model, sources, references, settings, args.repeats, variant)]
+    rows = [row for variant in args.variants
+            for row in ours(args.model, sources, references, settings, args.repeats, variant, args.device)]
     if args.peer_checkpoint:
         rows += peer(args.peer_checkpoint, PEERS / "data" / "test_2016_flickr.sp.de", references, settings, args.repeats)
     print(f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}, {len(sources)} sentences, median of {args.repeats}")

@@ -63,6 +63,7 @@ def train(
     valid_every: Annotated[int | None, Opt(help="Validate every N updates.", rich_help_panel="Training")] = None,
     seed: Annotated[int | None, Opt(help="Random seed (weights, batch order, dropout).", rich_help_panel="Training")] = None,
     precision: Annotated[str | None, Opt(help="fp32, or bf16 (autocast; weights and updates stay fp32).", rich_help_panel="Training")] = None,
+    device: Annotated[str | None, Opt(help="auto, cpu or cuda (auto: the GPU when CUDA is available).", rich_help_panel="Training")] = None,
     print_config: Annotated[bool, Opt("--print-config", help="Print the resolved settings as TOML and exit.")] = False,
     dry_run: Annotated[bool, Opt("--dry-run", help="Check the data, count what would be skipped, time a few updates; write nothing.")] = False,
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --output from its last.pt, exactly where it stopped.")] = False,
@@ -82,6 +83,7 @@ def train(
             "model.emb_dim": emb_dim, "model.hidden_dim": hidden_dim, "model.layers": layers,
             "train.batch_tokens": batch_tokens, "train.max_steps": max_steps, "train.max_time": max_time,
             "train.valid_every": valid_every, "train.seed": seed, "train.precision": precision,
+            "train.device": device,
         }
         chosen: dict[str, Any] = dict(configuration.parse_override(text) for text in overrides or [])
         chosen.update({key: value for key, value in flags.items() if value is not None})

@@ -15,6 +15,8 @@ import typer
 from cli.console import say, user_errors
 
 if TYPE_CHECKING:
+    import torch
+
     from seq2seq.tokenizer import Tokenizers
     from seq2seq.translation import Translation
 
@@ -53,6 +55,7 @@ def translate(
     min_length: Annotated[int | None, Opt(help="No EOS before this many pieces. [default: 0]", show_default=False, rich_help_panel="Search")] = None,
     precision: Annotated[str | None, Opt(help="fp32, or bf16 for speed on CPUs with bf16 units. [default: fp32]", show_default=False, rich_help_panel="Search")] = None,
     quantize: Annotated[str | None, Opt(help="int8: int8 weights for the linear layers and the encoder (faster on CPU), or none. [default: none]", show_default=False, rich_help_panel="Search")] = None,
+    device: Annotated[str, Opt(help="auto, cpu or cuda (auto: the GPU when CUDA is available; int8 runs on the CPU).", rich_help_panel="Search")] = "auto",
     nbest: Annotated[int, Opt(min=1, help="Print the N best as `id ||| hypothesis ||| score` (Moses format, 0-based id).", rich_help_panel="Output")] = 1,
     scores: Annotated[bool, Opt("--scores", help="Append a tab and the score to each translation.", rich_help_panel="Output")] = False,
     alignment: Annotated[bool, Opt("--alignment", help="Follow each translation with ` ||| ` and its hard alignment: 0-based `source-target` piece index pairs (Marian style).", rich_help_panel="Output")] = False,
@@ -81,6 +84,7 @@ def translate(
         search = replace(loaded.config.search, **{k: v for k, v in chosen.items() if v is not None})
         search = replace(search, length_norm=search.length_norm or length_norm)
         Config(search=search).validate()
+        loaded.model.to(_device(device, search.quantize))
         if nbest > search.beam_size:
             raise ConfigError(f"--nbest {nbest} needs a beam of at least {nbest} (got --beam-size {search.beam_size})")
 
@@ -112,6 +116,16 @@ def translate(
         if not quiet and not interactive:
             say(f"translated {count:,} lines ({pieces:,} target pieces) in {seconds:.1f} s: "
                 f"{count / max(seconds, 1e-9):,.1f} lines/s, beam {search.beam_size}")
+
+
+def _device(setting: str, quantize: str) -> torch.device:
+    """Where to translate: int8 weights run on the CPU alone, so auto means the CPU for them."""
+    from seq2seq import devices
+    from seq2seq.errors import ConfigError
+
+    if quantize == "int8" and setting == "cuda":
+        raise ConfigError("--quantize int8 runs on the CPU: use --device cpu or auto")
+    return devices.resolve("cpu" if quantize == "int8" else setting)
 
 
 @contextmanager

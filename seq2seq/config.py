@@ -78,6 +78,7 @@ class TrainConfig:
     threads: int = 0                   # torch intra-op threads (0 = torch's choice)
     precision: str = "fp32"            # fp32 | bf16 (autocast for the forward pass; weights and updates stay fp32)
     backend: str = "auto"              # auto | gloo | nccl: how torchrun's processes talk (auto: nccl with CUDA, else gloo)
+    device: str = "auto"               # auto | cpu | cuda: where one process trains (auto: the GPU when CUDA is available)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class Config:
              "search.quantize = int8 computes in fp32 between its int8 products: leave search.precision at fp32"),
             (self.search.beam_size >= 1 and self.search.batch_size >= 1, "search.beam_size and search.batch_size must be at least 1"),
             (self.train.backend in ("auto", "gloo", "nccl"), "train.backend must be auto, gloo or nccl"),
+            (self.train.device in DEVICES, "train.device must be auto, cpu or cuda"),
         ]
         for ok, message in checks:
             if not ok:
@@ -145,6 +147,7 @@ class Config:
 
 TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")
 PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from seq2seq import devices
 from seq2seq.errors import ConfigError, Seq2SeqError
 
 # Long enough for rank 0 to validate and save while the others wait; a lost rank still ends the run.
@@ -119,19 +120,20 @@ def _attempt(work: Callable[[], T]) -> tuple[T | None, Seq2SeqError | None]:
 
 
 @contextmanager
-def join(backend: str = "auto") -> Iterator[World]:
+def join(backend: str = "auto", device: str = "auto") -> Iterator[World]:
     """This process's World for the length of a run.
 
     A process group that the caller has set up already (`dist.init_process_group`) is used as it is and left
     to the caller. Otherwise, under torchrun (WORLD_SIZE > 1) this joins the group that the environment
-    describes (`env://`) and leaves it when the run ends. Otherwise: one process, no group.
+    describes (`env://`) and leaves it when the run ends; the backend then decides the device. Otherwise:
+    one process, no group, on `device` (auto | cpu | cuda).
     """
     if dist.is_available() and dist.is_initialized():
         yield _world(dist.get_backend())
         return
     size = _environment_int("WORLD_SIZE", default=1)
     if size <= 1:
-        yield World()
+        yield World(device=devices.resolve(device))
         return
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:

@@ -19,3 +19,7 @@ class DataError(Seq2SeqError):
 
 class CheckpointError(Seq2SeqError):
     """A model file is missing, corrupt, unsafe or of another format."""
+
+
+class OutOfMemory(Seq2SeqError):
+    """The device had no memory left for a batch, even after what could be done about it."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq import checkpoint, runfolder
+from seq2seq import checkpoint, devices, runfolder
 from seq2seq.config import Config, TrainConfig
 from seq2seq.data import Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel
 from seq2seq.errors import ConfigError, DataError
@@ -116,10 +116,11 @@ def _time_updates(model: Seq2Seq, examples: list[Example], plan: list[list[int]]
     by_cost = sorted(plan, key=cost)
     count = min(count, len(by_cost))
     chosen = [by_cost[round(k * (len(by_cost) - 1) / max(count - 1, 1))] for k in range(count)]
+    device = devices.resolve(settings.device)
+    model.to(device).train()
     optimizer = build_optimizer(model.parameters(), settings)
-    model.train()
-    update(model, optimizer, collate([examples[i] for i in by_cost[len(by_cost) // 2]]), settings)
+    update(model, optimizer, collate([examples[i] for i in by_cost[len(by_cost) // 2]]).to(device), settings)
     start = time.perf_counter()
     for batch in chosen:
-        update(model, optimizer, collate([examples[i] for i in batch]), settings)
+        update(model, optimizer, collate([examples[i] for i in batch]).to(device), settings)
     return (time.perf_counter() - start) / max(count, 1)

@@ -11,7 +11,6 @@ every decision (skip a non-finite update, a new best, stop) is taken once, the s
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -27,7 +26,7 @@ from seq2seq import checkpoint, distributed, metrics, runfolder
 from seq2seq.config import Config, TrainConfig, to_toml
 from seq2seq.data import Batch, Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel, share
 from seq2seq.distributed import ALONE, World
-from seq2seq.errors import ConfigError, DataError
+from seq2seq.errors import ConfigError, DataError, OutOfMemory
 from seq2seq.model import Seq2Seq
 from seq2seq.optim import LearningRate, build_optimizer
 from seq2seq.runfolder import LoopState
@@ -137,7 +136,7 @@ def train(
     data = cfg.data
     if not (data.source and data.target and data.valid_source and data.valid_target):
         raise ConfigError("training needs data.source, data.target, data.valid_source and data.valid_target")
-    with distributed.join(cfg.train.backend) as world:
+    with distributed.join(cfg.train.backend, cfg.train.device) as world:
         return _train(cfg, Path(out_dir), world, report if world.is_main else _silent, overwrite=overwrite,
                       resume=resume, should_stop=should_stop)
 
@@ -208,8 +207,14 @@ def _loop(run: _Run, state: LoopState, report: Report, should_stop: StopCheck) -
         step_start = time.perf_counter()
         run.rate.apply(run.optimizer, state.step + 1)
         part, tokens, stand_in = _part(run, plan[state.position])
-        loss, grad_norm, finite = update(run.network, run.optimizer, part, settings, world=run.world, tokens=tokens,
-                                          stand_in=stand_in)
+        try:
+            loss, grad_norm, finite = update(run.network, run.optimizer, part, settings, world=run.world,
+                                              tokens=tokens, stand_in=stand_in)
+        except torch.OutOfMemoryError:
+            raise OutOfMemory(
+                f"out of memory on {run.world.device} at step {state.step + 1:,}, a batch of {tokens:,} target "
+                f"tokens: lower train.batch_tokens (now {settings.batch_tokens:,}) or data.max_length "
+                f"(now {run.cfg.data.max_length:,}); the checkpoints written so far are intact") from None
         state.step, state.position = state.step + 1, state.position + 1
         state.nonfinite_in_a_row = 0 if finite else state.nonfinite_in_a_row + 1
         window.add(loss * tokens, tokens, grad_norm, settings.clip_norm or math.inf, finite, time.perf_counter() - step_start)
@@ -393,8 +398,7 @@ def _validate(run: _Run, state: LoopState) -> Validated:
             loss_sum += float(F.cross_entropy(logits, batch.tgt_out[real], reduction="sum"))
             tokens += batch.tgt_tokens
     model.train()
-    searcher = model if run.world.device.type == "cpu" else copy.deepcopy(model).cpu()  # translation works on the CPU
-    hypotheses = translate_all(searcher, run.tokenizers, run.valid_src, replace(run.cfg.search, beam_size=1))
+    hypotheses = translate_all(model, run.tokenizers, run.valid_src, replace(run.cfg.search, beam_size=1))
     bleu, signature = metrics.bleu(hypotheses, run.valid_tgt)
     loss = loss_sum / max(tokens, 1)
     return Validated(state.step, loss, math.exp(min(loss, 50.0)), bleu, signature, bleu > state.best_bleu, state.elapsed)

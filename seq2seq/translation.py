@@ -13,9 +13,10 @@ from typing import NamedTuple
 
 import torch
 
+from seq2seq import devices
 from seq2seq.config import SearchConfig
 from seq2seq.data import pad
-from seq2seq.errors import ConfigError
+from seq2seq.errors import ConfigError, OutOfMemory
 from seq2seq.model import Memory, Seq2Seq, quantized_int8
 from seq2seq.search import Hypothesis, Narrow, StepFn, beam_search, greedy_search, reorder
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
@@ -43,15 +44,17 @@ def _inference(model: Seq2Seq, precision: str) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.inference_mode(), torch.autocast(devices.of(model).type, dtype=torch.bfloat16,
+                                                    enabled=precision == "bf16"):
             yield
     finally:
         model.train(was_training)
 
 
 def search_batch(model: Seq2Seq, sources: Sequence[Sequence[int]], search: SearchConfig, *, nbest: int = 1) -> list[list[Hypothesis]]:
-    """Search for a batch of encoded, non-empty sources (EOS appended here): nbest hypotheses each."""
-    src, src_lens = pad([[*ids, EOS_ID] for ids in sources])
+    """Search for a batch of encoded, non-empty sources (EOS appended here): nbest hypotheses each, on the
+    model's device."""
+    src, src_lens = _on_device(model, pad([[*ids, EOS_ID] for ids in sources]))
     max_lens = (src_lens * search.max_length_ratio + search.max_length_constant).long().clamp(min=search.min_length + 1)
     with _inference(model, search.precision):
         memory, state = model.encode(src, src_lens)
@@ -75,11 +78,17 @@ def attention_batch(
     Recomputed by teacher forcing through the model's own decoder step, so the rows are the weights
     the search's steps used for these outputs (up to rounding between batch shapes).
     """
-    src, src_lens = pad([[*ids, EOS_ID] for ids in sources])
-    tgt_in, _ = pad([[BOS_ID, *ids] for ids in outputs])
+    src, src_lens = _on_device(model, pad([[*ids, EOS_ID] for ids in sources]))
+    tgt_in, _ = _on_device(model, pad([[BOS_ID, *ids] for ids in outputs]))
     with _inference(model, precision):
-        weights = model.attention_weights(src, src_lens, tgt_in).float()  # (batch, tgt_len, src_len)
+        weights = model.attention_weights(src, src_lens, tgt_in).float().cpu()  # (batch, tgt_len, src_len)
     return [weights[row, : len(output) + 1, : len(source) + 1] for row, (source, output) in enumerate(zip(sources, outputs))]
+
+
+def _on_device(model: Seq2Seq, padded: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, lens = padded
+    device = devices.of(model)
+    return ids.to(device), lens.to(device)
 
 
 def hard_alignment(weights: torch.Tensor) -> list[tuple[int, int]]:
@@ -147,7 +156,7 @@ def _translate(
         for start in range(0, len(order), search.batch_size):
             indices = order[start : start + search.batch_size]
             sources = [encoded[i] for i in indices]
-            found = search_batch(model, sources, search, nbest=nbest)
+            found = _search_halving(model, sources, search, nbest=nbest)
             looked = _attention(model, sources, found, search.precision) if attention else [[None] * len(h) for h in found]
             # one SentencePiece call per batch: each call has a fixed cost (it starts threads)
             texts = iter(tokenizers.tgt.decode([hyp.tokens for hypotheses in found for hyp in hypotheses]))
@@ -155,6 +164,24 @@ def _translate(
                 results[index] = [Translation(next(texts), hyp.score, hyp.tokens, seen)
                                   for hyp, seen in zip(hypotheses, attended)]
         yield from results
+
+
+def _search_halving(model: Seq2Seq, sources: Sequence[list[int]], search: SearchConfig, *, nbest: int) -> list[list[Hypothesis]]:
+    """`search_batch`, splitting the batch in two for as long as the device runs out of memory (long lines
+    on a small GPU): every line is still translated, with the same result, since search is batch-invariant."""
+    try:
+        return search_batch(model, sources, search, nbest=nbest)
+    except torch.OutOfMemoryError:
+        device = devices.of(model)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # hand back the failed batch's blocks before trying smaller ones
+        if len(sources) == 1:
+            elsewhere = ", or translate on the CPU (--device cpu)" if device.type != "cpu" else ""
+            raise OutOfMemory(f"out of memory on {device} translating a single line of {len(sources[0]):,} pieces: "
+                              f"lower --max-source-pieces{elsewhere}") from None
+        half = len(sources) // 2
+        return (_search_halving(model, sources[:half], search, nbest=nbest)
+                + _search_halving(model, sources[half:], search, nbest=nbest))
 
 
 def _attention(

@@ -5,6 +5,7 @@ Everything is generated here from fixed seeds, so the suite needs no data files 
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,12 @@ import torch
 from seq2seq.config import DataConfig, ModelConfig, TokenizerConfig
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizers, train_tokenizers
+
+# The suite checks CPU behaviour, bit for bit where it can, as CI (no GPU) runs it. On a GPU machine,
+# `auto` would move training onto the GPU, and the two-process tests would pick nccl and fork after
+# CUDA work. Hidden before torch first looks (and inherited by the subprocesses the tests start).
+# The GPU check is bench/gpu.sh.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 # The tensors here are tiny: one thread is fastest, and spinning OpenMP workers on a busy 2-core
 # machine can make a 2 ms forward pass take a second.

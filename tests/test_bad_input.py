@@ -157,6 +157,20 @@ def test_translate_piped_into_head_ends_quietly(model: Path, tmp_path: Path) -> 
     assert translate.returncode in (0, 1)
 
 
+def test_translate_on_a_missing_gpu_is_one_line_and_writes_nothing(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+
+    assert_one_line_error(run("translate", "-m", model, "-i", TEN, "-o", out, "--device", "cuda"), 2,
+                          "device cuda", "no CUDA GPU")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("options", "fragment"), [(["--device", "tpu"], "device tpu: expected one of auto, cpu, cuda"),
+                                                   (["--quantize", "int8", "--device", "cuda"], "int8 runs on the CPU")])
+def test_translate_refuses_a_device_it_cannot_use(model: Path, options: list[str], fragment: str) -> None:
+    assert_one_line_error(run("translate", "-m", model, "-i", TEN, *options), 2, fragment)
+
+
 # --- model files -----------------------------------------------------------------------------------
 
 
@@ -293,6 +307,13 @@ def test_train_into_an_unwritable_output_is_one_line(train_data: Path, tmp_path:
     result = run(*train_args(train_data, output))
 
     assert_one_line_error(result, 1, str(output), "is a file" if where == "a-file" else "cannot create the run folder")
+
+
+def test_train_on_a_missing_gpu_is_one_line_before_writing_anything(train_data: Path, tmp_path: Path) -> None:
+    result = run(*train_args(train_data, tmp_path / "run"), "--device", "cuda")
+
+    assert_one_line_error(result, 2, "device cuda", "no CUDA GPU")
+    assert not (tmp_path / "run").exists()
 
 
 # --- score -----------------------------------------------------------------------------------------

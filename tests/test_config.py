@@ -71,6 +71,8 @@ def test_out_of_range_values_are_refused() -> None:
         from_dict({"model": {"hidden_dim": 33}})
     with pytest.raises(ConfigError, match="attention"):
         from_dict({"model": {"attention": "transformer"}})
+    with pytest.raises(ConfigError, match="train.device must be auto, cpu or cuda"):
+        from_dict({"train": {"device": "gpu"}})
 
 
 def test_override_values_are_read_as_toml_literals_or_bare_words() -> None:

@@ -289,3 +289,18 @@ def test_torchrun_trains_on_two_processes_through_the_cli(config: Config, tmp_pa
     assert (last.step, last.training["world_size"]) == (4, RANKS)
     translated = CliRunner().invoke(app, ["translate", "-m", str(out / "best.pt"), "-i", config.data.valid_source, "-q"])
     assert translated.exit_code == 0 and len(translated.stdout.splitlines()) == 4, translated.output
+
+
+def test_one_process_trains_on_the_gpu_when_auto_sees_one_and_on_the_cpu_otherwise(monkeypatch) -> None:
+    # only the choice is checked here (no GPU on this machine): nothing is moved to the device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with distributed.join("auto", "auto") as world:
+        assert world.device == torch.device("cpu")
+    with pytest.raises(ConfigError, match="device cuda: this torch sees no CUDA GPU"):
+        with distributed.join("auto", "cuda"):
+            pass
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with distributed.join("auto", "auto") as world:
+        assert world.device == torch.device("cuda")
+    with distributed.join("auto", "cpu") as world:
+        assert world.device == torch.device("cpu")

@@ -22,7 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq import checkpoint, training
+from seq2seq import checkpoint, training, translation
 from seq2seq.config import Config, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, resolve, to_toml
 from seq2seq.errors import DataError
 from seq2seq.model import Seq2Seq
@@ -278,3 +278,72 @@ def test_weights_that_went_nan_are_never_saved(config: Config, tmp_path: Path, m
     assert (finished.reason, finished.step) == ("non_finite", 4)
     assert checkpoint.load(tmp_path / "last.pt").step == checkpoint.load(tmp_path / "best.pt").step == 2
     assert all_finite(tmp_path / "last.pt") and all_finite(tmp_path / "best.pt")
+
+
+# --- out of memory (a GPU's; simulated here by raising torch's own error) ----------------------------
+
+
+def run_out_of_memory(monkeypatch: pytest.MonkeyPatch, module, name: str, when) -> list[int]:
+    """Make `module.name` raise torch.OutOfMemoryError on the calls that `when(batch size)` picks; returns the
+    batch sizes it was called with."""
+    real, sizes = getattr(module, name), []
+
+    def tight(*args, **kwargs):
+        batch = args[2].src.size(0) if name == "update" else len(args[1])
+        sizes.append(batch)
+        if when(batch):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, tight)
+    return sizes
+
+
+def test_training_out_of_memory_stops_with_one_line_and_the_checkpoints_intact(
+    config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = itertools.count(1)
+    run_out_of_memory(monkeypatch, training, "update", lambda batch: next(calls) == 3)
+    recipe, out = tmp_path / "tiny.toml", tmp_path / "run"
+    recipe.write_text(to_toml(with_train(config, valid_every=1)), encoding="utf-8")
+
+    result = runner.invoke(app, ["train", "--config", str(recipe), "--output", str(out), "-q"])
+
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: out of memory on cpu at step 3, a batch of ")
+    assert line.endswith("lower train.batch_tokens (now 200) or data.max_length (now 100); "
+                         "the checkpoints written so far are intact")
+    assert assert_whole_run_folder(out) == 2
+
+
+def test_translation_out_of_memory_halves_the_batch_and_still_translates_every_line(
+    tokenizers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = Config(model=ModelConfig(emb_dim=8, hidden_dim=16), search=SearchConfig(beam_size=2, batch_size=8,
+                                                                                      max_length_constant=3))
+    torch.manual_seed(0)
+    model = checkpoint.build_model(config, tokenizers)
+    words = "the cat sat on a mat while the dog ran far away past big houses".split()
+    lines = [" ".join(words[i : i + 1 + i % 5]) for i in range(11)]
+    expected = translate_all(model, tokenizers, lines, config.search)
+    sizes = run_out_of_memory(monkeypatch, translation, "search_batch", lambda batch: batch > 2)
+
+    assert translate_all(model, tokenizers, lines, config.search) == expected
+    assert sizes[:4] == [8, 4, 2, 2], "the batch of 8 is halved until it fits"
+    assert sum(size for size in sizes if size <= 2) == len(lines), "every line translated once, in a batch that fit"
+
+
+def test_translation_out_of_memory_on_a_single_line_is_one_line(
+    tokenizers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = Config(model=ModelConfig(emb_dim=8, hidden_dim=16), search=SearchConfig(beam_size=1))
+    model = tmp_path / "model.pt"
+    checkpoint.save(model, config=config, tokenizers=tokenizers, model=checkpoint.build_model(config, tokenizers), step=1)
+    run_out_of_memory(monkeypatch, translation, "search_batch", lambda batch: True)
+
+    result = runner.invoke(app, ["translate", "-m", str(model), "-o", str(tmp_path / "out.txt")], input="the cat\n")
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == "error: out of memory on cpu translating a single line of 2 pieces: lower --max-source-pieces"
+    assert not (tmp_path / "out.txt").exists()
