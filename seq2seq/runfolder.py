@@ -34,7 +34,7 @@ KEPT_BEST = "step-*.pt"  # train.keep_best's extra checkpoints
 # schedule, seed, batching) shapes the next updates.
 MAY_CHANGE_ON_RESUME = (
     "train.max_steps", "train.max_time", "train.patience", "train.valid_every", "train.log_every", "train.threads",
-    "train.max_nonfinite", "train.keep_best", "train.backend", "data.valid_source", "data.valid_target", "search.",
+    "train.max_nonfinite", "train.keep_best", "train.backend", "train.device", "data.valid_source", "data.valid_target", "search.",
 )
 
 

@@ -146,6 +146,15 @@ def test_a_run_killed_after_a_save_resumes_to_the_same_weights(config: Config, s
     assert_same_run(run, straight)
 
 
+def test_a_run_may_resume_on_another_device_setting(config: Config, straight: Path, interrupted: Path, tmp_path: Path) -> None:
+    # where a run trains is not what it trains: a GPU run may go on on the CPU, and back
+    run = copy_of(interrupted, tmp_path)
+
+    training.train(with_train(config, device="cpu"), run, resume=True)
+
+    assert_same_run(run, straight)
+
+
 def test_max_time_counts_the_time_already_trained(config: Config, interrupted: Path, tmp_path: Path) -> None:
     run = copy_of(interrupted, tmp_path)
     trained = checkpoint.load(run / "last.pt").training["loop"]["elapsed"]
