@@ -168,7 +168,8 @@ def _translate(
 
 def _search_halving(model: Seq2Seq, sources: Sequence[list[int]], search: SearchConfig, *, nbest: int) -> list[list[Hypothesis]]:
     """`search_batch`, splitting the batch in two for as long as the device runs out of memory (long lines
-    on a small GPU): every line is still translated, with the same result, since search is batch-invariant."""
+    on a small GPU): every line is still translated, and its output does not depend on the batch it was
+    in (up to rounding)."""
     try:
         return search_batch(model, sources, search, nbest=nbest)
     except torch.OutOfMemoryError:
