@@ -84,9 +84,9 @@ def translate(
         search = replace(loaded.config.search, **{k: v for k, v in chosen.items() if v is not None})
         search = replace(search, length_norm=search.length_norm or length_norm)
         Config(search=search).validate()
-        loaded.model.to(_device(device, search.quantize))
         if nbest > search.beam_size:
             raise ConfigError(f"--nbest {nbest} needs a beam of at least {nbest} (got --beam-size {search.beam_size})")
+        loaded.model.to(_device(device, search.quantize))
 
         interactive = input_path == "-" and sys.stdin.isatty()
         if interactive and not quiet:

@@ -211,10 +211,11 @@ def _loop(run: _Run, state: LoopState, report: Report, should_stop: StopCheck) -
             loss, grad_norm, finite = update(run.network, run.optimizer, part, settings, world=run.world,
                                               tokens=tokens, stand_in=stand_in)
         except torch.OutOfMemoryError:
+            max_length = f"{run.cfg.data.max_length:,}" if run.cfg.data.max_length else "no limit"
             raise OutOfMemory(
                 f"out of memory on {run.world.device} at step {state.step + 1:,}, a batch of {tokens:,} target "
                 f"tokens: lower train.batch_tokens (now {settings.batch_tokens:,}) or data.max_length "
-                f"(now {run.cfg.data.max_length:,}); the checkpoints written so far are intact") from None
+                f"(now {max_length}); the checkpoints written so far are intact") from None
         state.step, state.position = state.step + 1, state.position + 1
         state.nonfinite_in_a_row = 0 if finite else state.nonfinite_in_a_row + 1
         window.add(loss * tokens, tokens, grad_norm, settings.clip_norm or math.inf, finite, time.perf_counter() - step_start)

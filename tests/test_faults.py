@@ -283,13 +283,13 @@ def test_weights_that_went_nan_are_never_saved(config: Config, tmp_path: Path, m
 # --- out of memory (a GPU's; simulated here by raising torch's own error) ----------------------------
 
 
-def run_out_of_memory(monkeypatch: pytest.MonkeyPatch, module, name: str, when) -> list[int]:
-    """Make `module.name` raise torch.OutOfMemoryError on the calls that `when(batch size)` picks; returns the
-    batch sizes it was called with."""
+def run_out_of_memory(monkeypatch: pytest.MonkeyPatch, module, name: str, *, size, when) -> list[int]:
+    """Make `module.name` raise torch.OutOfMemoryError on the calls that `when(size(args))` picks, `size`
+    reading the batch size from the call's arguments; returns the batch sizes it was called with."""
     real, sizes = getattr(module, name), []
 
     def tight(*args, **kwargs):
-        batch = args[2].src.size(0) if name == "update" else len(args[1])
+        batch = size(args)
         sizes.append(batch)
         if when(batch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
@@ -303,7 +303,8 @@ def test_training_out_of_memory_stops_with_one_line_and_the_checkpoints_intact(
     config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = itertools.count(1)
-    run_out_of_memory(monkeypatch, training, "update", lambda batch: next(calls) == 3)
+    run_out_of_memory(monkeypatch, training, "update", size=lambda args: args[2].src.size(0),
+                      when=lambda batch: next(calls) == 3)
     recipe, out = tmp_path / "tiny.toml", tmp_path / "run"
     recipe.write_text(to_toml(with_train(config, valid_every=1)), encoding="utf-8")
 
@@ -327,7 +328,8 @@ def test_translation_out_of_memory_halves_the_batch_and_still_translates_every_l
     words = "the cat sat on a mat while the dog ran far away past big houses".split()
     lines = [" ".join(words[i : i + 1 + i % 5]) for i in range(11)]
     expected = translate_all(model, tokenizers, lines, config.search)
-    sizes = run_out_of_memory(monkeypatch, translation, "search_batch", lambda batch: batch > 2)
+    sizes = run_out_of_memory(monkeypatch, translation, "search_batch", size=lambda args: len(args[1]),
+                              when=lambda batch: batch > 2)
 
     assert translate_all(model, tokenizers, lines, config.search) == expected
     assert sizes[:4] == [8, 4, 2, 2], "the batch of 8 is halved until it fits"
@@ -340,7 +342,7 @@ def test_translation_out_of_memory_on_a_single_line_is_one_line(
     config = Config(model=ModelConfig(emb_dim=8, hidden_dim=16), search=SearchConfig(beam_size=1))
     model = tmp_path / "model.pt"
     checkpoint.save(model, config=config, tokenizers=tokenizers, model=checkpoint.build_model(config, tokenizers), step=1)
-    run_out_of_memory(monkeypatch, translation, "search_batch", lambda batch: True)
+    run_out_of_memory(monkeypatch, translation, "search_batch", size=lambda args: len(args[1]), when=lambda batch: True)
 
     result = runner.invoke(app, ["translate", "-m", str(model), "-o", str(tmp_path / "out.txt")], input="the cat\n")
 
