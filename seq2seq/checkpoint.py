@@ -88,7 +88,7 @@ def load(path: str | Path) -> Checkpoint:
         return _unpack(payload)
     except ConfigError as error:
         raise CheckpointError(f"{path}: its config is invalid ({error})") from None
-    except (KeyError, TypeError, RuntimeError) as error:
+    except (KeyError, TypeError, AttributeError, RuntimeError) as error:
         raise CheckpointError(f"{path}: incomplete or damaged checkpoint ({_first_line(error)})") from None
 
 
@@ -103,7 +103,6 @@ def _unpack(payload: dict[str, Any]) -> Checkpoint:
     src = Tokenizer(payload["tokenizers"]["src"])
     tgt = src if payload["tokenizers"]["tgt"] is None else Tokenizer(payload["tokenizers"]["tgt"])
     tokenizers = Tokenizers(src, tgt)
-    model = build_model(config, tokenizers)
-    model.load_state_dict(payload["model"])
+    model = Seq2Seq.from_state(config.model, src.vocab_size, tgt.vocab_size, payload["model"])
     model.eval()
     return Checkpoint(config, tokenizers, model, payload["step"], payload["info"], payload["training"])

@@ -124,8 +124,8 @@ class Seq2Seq(nn.Module):
         self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
         self.layer_dropout = nn.Dropout(cfg.layer_dropout)
         self.output_dropout = nn.Dropout(cfg.output_dropout)
-        self.src_embed = nn.Embedding(src_vocab, cfg.emb_dim, padding_idx=PAD_ID)
-        self.tgt_embed = nn.Embedding(tgt_vocab, cfg.emb_dim, padding_idx=PAD_ID)
+        self.src_embed = _embedding(src_vocab, cfg.emb_dim)
+        self.tgt_embed = _embedding(tgt_vocab, cfg.emb_dim)
         directions = 2 if cfg.bidirectional else 1
         self.encoder = ENCODERS[cfg.cell](cfg.emb_dim, hidden // directions, num_layers=layers, batch_first=True,
                                           bidirectional=cfg.bidirectional, dropout=cfg.layer_dropout if layers > 1 else 0.0)
@@ -142,13 +142,31 @@ class Seq2Seq(nn.Module):
         self.out = nn.Linear(cfg.emb_dim if cfg.tie_output else hidden, tgt_vocab)
         for param in self.parameters():
             nn.init.uniform_(param, -0.1, 0.1)
-        if cfg.tie_output:
+        self.tie_output = cfg.tie_output
+        self._tie()
+
+    def _tie(self) -> None:
+        if self.tie_output:
             self.out.weight = self.tgt_embed.weight
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
         """The one place that reads the model config."""
         return cls(src_vocab, tgt_vocab, cfg)
+
+    @classmethod
+    def from_state(cls, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, state: dict[str, torch.Tensor]) -> Seq2Seq:
+        """A model holding `state`'s weights (fp32), built without drawing the random ones they replace.
+
+        The layers are made on the meta device (shapes, no memory) and then take the state's tensors:
+        the random initialisation would cost a cold-start translation about 0.1 s. A missing,
+        unexpected or misshapen weight is a RuntimeError, as with `load_state_dict`.
+        """
+        with torch.device("meta"):
+            model = cls.from_config(cfg, src_vocab, tgt_vocab)
+        model.load_state_dict({name: tensor.float() for name, tensor in state.items()}, assign=True)
+        model._tie()  # assigning gave the output layer and the target embedding a Parameter each
+        return model
 
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> tuple[Memory, DecoderState]:
         embedded = self.embedding_dropout(self.src_embed(src))  # (batch, src_len, emb)
@@ -249,6 +267,12 @@ class Seq2Seq(nn.Module):
             outputs.append(attentional)
             weights.append(weights_t)
         return outputs, weights
+
+
+def _embedding(vocab: int, dim: int) -> nn.Embedding:
+    """An embedding whose weights `Seq2Seq` initialises: nn.Embedding's own initialisation zeroes the
+    padding row with an indexing op that costs about 1 s on the meta device (see `from_state`)."""
+    return nn.Embedding.from_pretrained(torch.empty(vocab, dim), freeze=False, padding_idx=PAD_ID)
 
 
 def quantized_int8(model: Seq2Seq) -> Seq2Seq:

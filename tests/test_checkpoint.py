@@ -85,6 +85,31 @@ def test_a_loaded_checkpoint_carries_config_step_info_and_weights(saved, tokeniz
     assert all(torch.equal(saved_weights[name], loaded_weights[name]) for name in saved_weights)
 
 
+def test_loading_draws_no_random_weights_and_leaves_none_unset(saved) -> None:
+    """The model is built without initialisation (the weights come from the file), which a cold start would pay for."""
+    path, _ = saved
+    generator_state = torch.random.get_rng_state()
+
+    model = checkpoint.load(path).model
+
+    assert torch.equal(torch.random.get_rng_state(), generator_state)
+    assert {(param.device.type, param.dtype) for param in model.parameters()} == {("cpu", torch.float32)}
+
+
+def test_a_tied_output_layer_is_still_one_parameter_after_loading(tmp_path: Path, tokenizers: Tokenizers) -> None:
+    """Two copies would be trained apart on resuming, and the optimizer would hold the weights twice."""
+    config = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, emb_dim=32, tie_output=True))
+    model = trained_like_model(config, tokenizers)
+    path = tmp_path / "tied.pt"
+    checkpoint.save(path, config=config, tokenizers=tokenizers, model=model, step=1)
+
+    loaded = checkpoint.load(path).model
+
+    assert loaded.out.weight is loaded.tgt_embed.weight
+    assert len(list(loaded.parameters())) == len(list(model.parameters()))
+    assert torch.equal(loaded.out.weight, model.out.weight)
+
+
 def test_separate_tokenizers_travel_separately(tmp_path: Path, corpus) -> None:
     config = dataclasses.replace(CONFIG, tokenizer=TokenizerConfig(vocab_size=60, joint=False))
     tokenizers = train_tokenizers(corpus[0], corpus[1], config.tokenizer)
