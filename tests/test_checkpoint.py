@@ -197,6 +197,26 @@ def test_a_checkpoint_whose_pickle_is_corrupt_is_a_checkpoint_error(saved, tmp_p
         checkpoint.load(broken)
 
 
+def _without_out_bias(weights: dict) -> dict:
+    return {name: tensor for name, tensor in weights.items() if name != "out.bias"}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_without_out_bias, lambda weights: {**weights, "out.bias": torch.zeros(3)}, lambda weights: "weights"],
+    ids=["a-weight-missing", "a-weight-misshapen", "not-a-dict"],
+)
+def test_damaged_weights_are_a_checkpoint_error_naming_the_file(saved, tmp_path: Path, damage) -> None:
+    path, _ = saved
+    payload = torch.load(path, weights_only=True)
+    payload["model"] = damage(payload["model"])
+    damaged = tmp_path / "damaged.pt"
+    torch.save(payload, damaged)
+
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(damaged))}: incomplete or damaged checkpoint"):
+        checkpoint.load(damaged)
+
+
 def test_another_format_version_is_refused_naming_the_version(saved, tmp_path: Path) -> None:
     path, _ = saved
     payload = torch.load(path, weights_only=True)
