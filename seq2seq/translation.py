@@ -156,22 +156,25 @@ def _translate(
         for start in range(0, len(order), search.batch_size):
             indices = order[start : start + search.batch_size]
             sources = [encoded[i] for i in indices]
-            found = _search_halving(model, sources, search, nbest=nbest)
-            looked = _attention(model, sources, found, search.precision) if attention else [[None] * len(h) for h in found]
+            found = _halving(model, sources, search, nbest=nbest, attention=attention)
             # one SentencePiece call per batch: each call has a fixed cost (it starts threads)
-            texts = iter(tokenizers.tgt.decode([hyp.tokens for hypotheses in found for hyp in hypotheses]))
-            for index, hypotheses, attended in zip(indices, found, looked):
+            texts = iter(tokenizers.tgt.decode([hyp.tokens for hypotheses, _ in found for hyp in hypotheses]))
+            for index, (hypotheses, attended) in zip(indices, found):
                 results[index] = [Translation(next(texts), hyp.score, hyp.tokens, seen)
                                   for hyp, seen in zip(hypotheses, attended)]
         yield from results
 
 
-def _search_halving(model: Seq2Seq, sources: Sequence[list[int]], search: SearchConfig, *, nbest: int) -> list[list[Hypothesis]]:
-    """`search_batch`, splitting the batch in two for as long as the device runs out of memory (long lines
-    on a small GPU): every line is still translated, and its output does not depend on the batch it was
-    in (up to rounding)."""
+def _halving(
+    model: Seq2Seq, sources: Sequence[list[int]], search: SearchConfig, *, nbest: int, attention: bool,
+) -> list[tuple[list[Hypothesis], list[SourceAttention | None]]]:
+    """Each source's hypotheses and, if asked, their attention; the batch is split in two for as long as
+    the device runs out of memory (long lines on a small GPU), in the search or in the attention's pass.
+    Every line is still translated, and its output does not depend on the batch it was in (up to rounding)."""
     try:
-        return search_batch(model, sources, search, nbest=nbest)
+        found = search_batch(model, sources, search, nbest=nbest)
+        looked = _attention(model, sources, found, search.precision) if attention else [[None] * len(h) for h in found]
+        return list(zip(found, looked))
     except torch.OutOfMemoryError:
         device = devices.of(model)
         if device.type == "cuda":
@@ -181,8 +184,8 @@ def _search_halving(model: Seq2Seq, sources: Sequence[list[int]], search: Search
             raise OutOfMemory(f"out of memory on {device} translating a single line of {len(sources[0]):,} pieces: "
                               f"lower --max-source-pieces{elsewhere}") from None
         half = len(sources) // 2
-        return (_search_halving(model, sources[:half], search, nbest=nbest)
-                + _search_halving(model, sources[half:], search, nbest=nbest))
+        return (_halving(model, sources[:half], search, nbest=nbest, attention=attention)
+                + _halving(model, sources[half:], search, nbest=nbest, attention=attention))
 
 
 def _attention(

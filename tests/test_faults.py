@@ -336,6 +336,28 @@ def test_translation_out_of_memory_halves_the_batch_and_still_translates_every_l
     assert sum(size for size in sizes if size <= 2) == len(lines), "every line translated once, in a batch that fit"
 
 
+def test_out_of_memory_in_the_attention_pass_halves_the_batch_too(tokenizers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--alignment and --attention-plot recompute attention after the search, in a pass of its own."""
+    search = SearchConfig(beam_size=2, batch_size=8, max_length_constant=3)
+    torch.manual_seed(0)
+    model = checkpoint.build_model(Config(model=ModelConfig(emb_dim=8, hidden_dim=16), search=search), tokenizers)
+    words = "the cat sat on a mat while the dog ran far away past big houses".split()
+    lines = [" ".join(words[i : i + 1 + i % 5]) for i in range(11)]
+
+    def everything() -> list[tuple[str, list[int], torch.Tensor]]:
+        return [(best.text, best.attention.src_tokens, best.attention.weights)
+                for (best,) in translation.translate(model, tokenizers, lines, search, attention=True)]
+
+    expected = everything()
+    sizes = run_out_of_memory(monkeypatch, translation, "attention_batch", size=lambda args: len(args[1]),
+                              when=lambda batch: batch > 2)
+    found = everything()
+
+    assert sizes[:4] == [8, 4, 2, 2], "the batch of 8 is halved until its attention fits"
+    assert [(text, src) for text, src, _ in found] == [(text, src) for text, src, _ in expected]
+    assert all(torch.allclose(got, want, atol=1e-6) for (_, _, got), (_, _, want) in zip(found, expected))
+
+
 def test_translation_out_of_memory_on_a_single_line_is_one_line(
     tokenizers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
