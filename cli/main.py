@@ -67,6 +67,8 @@ def _leave(code: int | str | None) -> NoReturn:
     if isinstance(code, str):  # SystemExit("message"), as Python would print it
         print(code, file=sys.stderr)
         code = 1
+    if sys.gettrace() or sys.getprofile():  # a profiler or a coverage tool, which writes its results at exit
+        sys.exit(code)
     try:
         sys.stdout.flush()
         sys.stderr.flush()

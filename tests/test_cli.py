@@ -155,6 +155,17 @@ def test_version_names_the_libraries() -> None:
     assert done.returncode == 0 and done.stdout.startswith("seq2seq ") and "torch" in done.stdout
 
 
+@pytest.mark.parametrize("traced", [False, True], ids=["plain", "under-a-tracer"])
+def test_the_command_skips_the_interpreter_teardown_unless_a_tracer_waits_for_it(traced: bool) -> None:
+    """The teardown costs a translation about 0.1 s; a profiler or coverage tool writes its results in it."""
+    code = ("import atexit, sys; atexit.register(print, 'teardown ran'); sys.argv = ['seq2seq', '--version']; "
+            f"{'sys.settrace(lambda *args: None); ' if traced else ''}from cli.main import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("seq2seq ")
+    assert ("teardown ran" in done.stdout) == traced
+
+
 def test_help_does_not_import_torch() -> None:
     code = "import sys; from cli.main import app; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
