@@ -157,7 +157,7 @@ def test_version_names_the_libraries() -> None:
 
 @pytest.mark.parametrize("traced", [False, True], ids=["plain", "under-a-tracer"])
 def test_the_command_skips_the_interpreter_teardown_unless_a_tracer_waits_for_it(traced: bool) -> None:
-    """The teardown costs a translation about 0.1 s; a profiler or coverage tool writes its results in it."""
+    """The teardown costs a one-line translation about 0.5 s; a profiler or coverage tool writes its results in it."""
     code = ("import atexit, sys; atexit.register(print, 'teardown ran'); sys.argv = ['seq2seq', '--version']; "
             f"{'sys.settrace(lambda *args: None); ' if traced else ''}from cli.main import main; main()")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
