@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 
@@ -20,6 +20,9 @@ from seq2seq.errors import ConfigError, OutOfMemory
 from seq2seq.model import Memory, Seq2Seq, quantized_int8
 from seq2seq.search import Hypothesis, Narrow, StepFn, beam_search, greedy_search, reorder
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
+
+Line = TypeVar("Line")
+Done = TypeVar("Done")
 
 BARRED = (PAD_ID, BOS_ID)  # never proposed by the search: padding, and BOS after the start
 
@@ -143,7 +146,7 @@ def _translate(
     nbest: int, chunk_lines: int, attention: bool, max_source_pieces: int, on_cut: Callable[[int, int], None],
 ) -> Iterator[list[Translation]]:
     """`translate`'s loop, once its arguments are checked."""
-    lines_before = 0
+    lines_before, device = 0, devices.of(model)
     while chunk := list(islice(lines, chunk_lines)):
         encoded = tokenizers.src.encode(chunk)
         for offset, ids in enumerate(encoded):
@@ -156,45 +159,45 @@ def _translate(
         for start in range(0, len(order), search.batch_size):
             indices = order[start : start + search.batch_size]
             sources = [encoded[i] for i in indices]
-            found = _halving(model, sources, search, nbest=nbest, attention=attention)
+            found = _halving(lambda part: search_batch(model, part, search, nbest=nbest), sources, len, device)
+            looked = (_halving(lambda part: _attention(model, part, search.precision), list(zip(sources, found)),
+                               lambda line: len(line[0]), device)
+                      if attention else [[None] * len(hypotheses) for hypotheses in found])
             # one SentencePiece call per batch: each call has a fixed cost (it starts threads)
-            texts = iter(tokenizers.tgt.decode([hyp.tokens for hypotheses, _ in found for hyp in hypotheses]))
-            for index, (hypotheses, attended) in zip(indices, found):
+            texts = iter(tokenizers.tgt.decode([hyp.tokens for hypotheses in found for hyp in hypotheses]))
+            for index, hypotheses, attended in zip(indices, found, looked):
                 results[index] = [Translation(next(texts), hyp.score, hyp.tokens, seen)
                                   for hyp, seen in zip(hypotheses, attended)]
         yield from results
 
 
 def _halving(
-    model: Seq2Seq, sources: Sequence[list[int]], search: SearchConfig, *, nbest: int, attention: bool,
-) -> list[tuple[list[Hypothesis], list[SourceAttention | None]]]:
-    """Each source's hypotheses and, if asked, their attention; the batch is split in two for as long as
-    the device runs out of memory (long lines on a small GPU), in the search or in the attention's pass.
+    work: Callable[[list[Line]], list[Done]], lines: list[Line], pieces: Callable[[Line], int], device: torch.device,
+) -> list[Done]:
+    """`work` on a batch, one item per source line, split in two for as long as the device runs out of memory
+    (long lines on a small GPU); the search, and the attention pass after it, each halve on their own.
     Every line is still translated, and its output does not depend on the batch it was in (up to rounding)."""
     try:
-        found = search_batch(model, sources, search, nbest=nbest)
-        looked = _attention(model, sources, found, search.precision) if attention else [[None] * len(h) for h in found]
-        return list(zip(found, looked))
+        return work(lines)
     except torch.OutOfMemoryError:
-        device = devices.of(model)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # hand back the failed batch's blocks before trying smaller ones
-        if len(sources) == 1:
+        if len(lines) == 1:
             elsewhere = ", or translate on the CPU (--device cpu)" if device.type != "cpu" else ""
-            raise OutOfMemory(f"out of memory on {device} translating a single line of {len(sources[0]):,} pieces: "
+            raise OutOfMemory(f"out of memory on {device} translating a single line of {pieces(lines[0]):,} pieces: "
                               f"lower --max-source-pieces{elsewhere}") from None
-        half = len(sources) // 2
-        return (_halving(model, sources[:half], search, nbest=nbest, attention=attention)
-                + _halving(model, sources[half:], search, nbest=nbest, attention=attention))
+        half = len(lines) // 2
+        return _halving(work, lines[:half], pieces, device) + _halving(work, lines[half:], pieces, device)
 
 
 def _attention(
-    model: Seq2Seq, sources: Sequence[list[int]], found: Sequence[list[Hypothesis]], precision: str,
+    model: Seq2Seq, lines: Sequence[tuple[list[int], list[Hypothesis]]], precision: str,
 ) -> list[list[SourceAttention]]:
-    """Each hypothesis's attention over its source, all of a batch's hypotheses in one teacher-forced pass."""
-    pairs = [(source, hyp.tokens) for source, hypotheses in zip(sources, found) for hyp in hypotheses]
+    """Each hypothesis's attention over its source (a line: its source and its hypotheses), all of a batch's
+    hypotheses in one teacher-forced pass."""
+    pairs = [(source, hyp.tokens) for source, hypotheses in lines for hyp in hypotheses]
     weights = iter(attention_batch(model, [src for src, _ in pairs], [out for _, out in pairs], precision=precision))
-    return [[SourceAttention(source, next(weights)) for _ in hypotheses] for source, hypotheses in zip(sources, found)]
+    return [[SourceAttention(source, next(weights)) for _ in hypotheses] for source, hypotheses in lines]
 
 
 def translate_all(model: Seq2Seq, tokenizers: Tokenizers, lines: Sequence[str], search: SearchConfig) -> list[str]:

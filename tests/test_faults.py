@@ -351,9 +351,12 @@ def test_out_of_memory_in_the_attention_pass_halves_the_batch_too(tokenizers, mo
     expected = everything()
     sizes = run_out_of_memory(monkeypatch, translation, "attention_batch", size=lambda args: len(args[1]),
                               when=lambda batch: batch > 2)
+    searched = run_out_of_memory(monkeypatch, translation, "search_batch", size=lambda args: len(args[1]),
+                                 when=lambda batch: False)
     found = everything()
 
     assert sizes[:4] == [8, 4, 2, 2], "the batch of 8 is halved until its attention fits"
+    assert searched == [8, 3], "the search is not done again for the halves"
     assert [(text, src) for text, src, _ in found] == [(text, src) for text, src, _ in expected]
     assert all(torch.allclose(got, want, atol=1e-6) for (_, _, got), (_, _, want) in zip(found, expected))
 
