@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from seq2seq.config import ModelConfig
 from seq2seq.data import pad
-from seq2seq.model import DecoderState, Memory, Seq2Seq
+from seq2seq.model import FEW_ROWS, DecoderState, Memory, Seq2Seq, few_rows_linear
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 VARIANTS = [
@@ -136,3 +137,23 @@ def test_eval_mode_is_deterministic_and_train_mode_applies_dropout(make_model) -
         torch.testing.assert_close(model(src, src_lens, tgt_in), model(src, src_lens, tgt_in), rtol=0, atol=0)
         model.train()
         assert not torch.equal(model(src, src_lens, tgt_in), model(src, src_lens, tgt_in))
+
+
+@pytest.mark.parametrize("rows", [1, 5, FEW_ROWS, FEW_ROWS + 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_rows_linear_equals_the_layer(rows: int, bias: bool) -> None:
+    torch.manual_seed(rows)
+    layer, x = nn.Linear(24, 80, bias=bias), torch.randn(rows, 24)
+    with torch.inference_mode():
+        taken = few_rows_linear(layer, x)
+    torch.testing.assert_close(taken, layer(x))
+    if rows > 1:  # the swapped product comes back as a transposed view: this checks which path was taken
+        assert taken.is_contiguous() == (rows > FEW_ROWS)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # torch's notices on quantization
+def test_few_rows_linear_leaves_other_layers_and_dtypes_to_the_layer() -> None:
+    layer, x = nn.Linear(24, 80).bfloat16(), torch.randn(5, 24)
+    torch.testing.assert_close(few_rows_linear(layer, x.bfloat16()), layer(x.bfloat16()), rtol=0, atol=0)
+    quantized = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(24, 80)), {nn.Linear}, dtype=torch.qint8)[0]
+    torch.testing.assert_close(few_rows_linear(quantized, x), quantized(x), rtol=0, atol=0)
