@@ -57,7 +57,7 @@ class RecurrentCell(nn.Module):
         self.hidden_map = nn.Linear(hidden_dim, GATES[kind] * hidden_dim, bias=kind == "gru")
 
     def forward(self, input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_gates = self.hidden_map(h)  # (batch, gates * hidden)
+        hidden_gates = few_rows_linear(self.hidden_map, h)  # (batch, gates * hidden)
         if self.kind == "lstm":
             i, f, candidate, o = (input_gates + hidden_gates).chunk(4, dim=-1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(candidate)
@@ -203,11 +203,11 @@ class Seq2Seq(nn.Module):
         are a by-product of the step, returned rather than kept on the module.
         """
         if self.input_feeding:
-            input_gates = input_gates + self.feed_map(state.feed)
+            input_gates = input_gates + few_rows_linear(self.feed_map, state.feed)
         hs, cs = [], []
         for layer, cell in enumerate(self.cells):
             if layer > 0:
-                input_gates = cell.input_map(self.layer_dropout(hs[-1]))
+                input_gates = few_rows_linear(cell.input_map, self.layer_dropout(hs[-1]))
             h, c = cell(input_gates, state.h[:, layer], state.c[:, layer])
             hs.append(h)
             cs.append(c)
@@ -217,19 +217,17 @@ class Seq2Seq(nn.Module):
         attentional = self.output_dropout(torch.tanh(self.combine(torch.cat(features, dim=-1))))  # (batch, hidden)
         return attentional, DecoderState(torch.stack(hs, 1), torch.stack(cs, 1), attentional), weights
 
-    def _logits(self, attentional: torch.Tensor, *, few_rows: bool = False) -> torch.Tensor:
-        """`few_rows`: one search step's rows, where the product is taken the way that is fast for them."""
-        hidden = self.out_proj(attentional) if hasattr(self, "out_proj") else attentional
-        return few_rows_linear(self.out, hidden) if few_rows else self.out(hidden)
+    def _logits(self, attentional: torch.Tensor) -> torch.Tensor:
+        return few_rows_linear(self.out, self.out_proj(attentional) if hasattr(self, "out_proj") else attentional)
 
     def decode_step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
         """tokens (rows,) -> log-probabilities (rows, tgt_vocab) of the next token, and the new state.
 
         The rows are the memory's sentences, or a whole number of rows per sentence (its beams, side by side).
         """
-        input_gates = self.cells[0].input_map(self.embedding_dropout(self.tgt_embed(tokens)))
+        input_gates = few_rows_linear(self.cells[0].input_map, self.embedding_dropout(self.tgt_embed(tokens)))
         attentional, state, _ = self._step(input_gates, state, memory)
-        return F.log_softmax(self._logits(attentional, few_rows=True).float(), dim=-1), state
+        return F.log_softmax(self._logits(attentional).float(), dim=-1), state
 
     def forward(
         self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor, positions: torch.Tensor | None = None,
@@ -281,15 +279,16 @@ FEW_ROWS = 64  # up to here W x^T beat x W^T on this CPU; at 320 rows the two to
 
 
 def few_rows_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)` for an fp32 `x` of a few rows on the CPU, computed as (W x^T)^T.
+    """`layer(x)`; without autograd, for an fp32 `x` of a few rows on the CPU, computed as (W x^T)^T.
 
     For an fp32 product of a few rows by a wide matrix, MKL takes a slow path: beam search's 5 rows
     by the 8,000 x 512 output layer took 2.2-2.7 ms as x W^T and 0.9-1.4 ms as W x^T, the same
-    product with the operands swapped (bench/README.md). Other layers, dtypes and devices are left to
-    `layer` itself, and so is training: there the swap was slower.
+    product with the operands swapped (bench/README.md). The model uses it for its wide layers, the
+    gates' and the output layer; for the 512-wide ones the swap was slower. Other dtypes and devices
+    are left to `layer` itself, and so is training (autograd on): there the swap was slower too.
     """
-    if type(layer) is not nn.Linear or x.dtype != torch.float32 or layer.weight.dtype != torch.float32 \
-            or x.device.type != "cpu" or x.dim() != 2 or x.size(0) > FEW_ROWS:
+    if torch.is_grad_enabled() or type(layer) is not nn.Linear or x.dtype != torch.float32 \
+            or layer.weight.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or x.size(0) > FEW_ROWS:
         return layer(x)
     if layer.bias is None:
         return torch.mm(layer.weight, x.t()).t()

@@ -152,8 +152,12 @@ def test_few_rows_linear_equals_the_layer(rows: int, bias: bool) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # torch's notices on quantization
-def test_few_rows_linear_leaves_other_layers_and_dtypes_to_the_layer() -> None:
-    layer, x = nn.Linear(24, 80).bfloat16(), torch.randn(5, 24)
-    torch.testing.assert_close(few_rows_linear(layer, x.bfloat16()), layer(x.bfloat16()), rtol=0, atol=0)
+def test_few_rows_linear_leaves_training_other_layers_and_dtypes_to_the_layer() -> None:
+    layer, x = nn.Linear(24, 80), torch.randn(5, 24)
+    assert few_rows_linear(layer, x).is_contiguous(), "with autograd on, as in training, the layer's own product"
+    layer = layer.bfloat16()
+    with torch.inference_mode():
+        torch.testing.assert_close(few_rows_linear(layer, x.bfloat16()), layer(x.bfloat16()), rtol=0, atol=0)
     quantized = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(24, 80)), {nn.Linear}, dtype=torch.qint8)[0]
-    torch.testing.assert_close(few_rows_linear(quantized, x), quantized(x), rtol=0, atol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(few_rows_linear(quantized, x), quantized(x), rtol=0, atol=0)
