@@ -275,20 +275,23 @@ def _embedding(vocab: int, dim: int) -> nn.Embedding:
     return nn.Embedding.from_pretrained(torch.empty(vocab, dim), freeze=False, padding_idx=PAD_ID)
 
 
-FEW_ROWS = 64  # up to here W x^T beat x W^T on this CPU; at 320 rows the two took the same time
+FEW_ROWS = 64         # up to here W x^T beat x W^T on this CPU; at 320 rows the two took the same time
+WIDE_OUTPUTS = 2048   # layers with 2,048 and 8,000 outputs gained from the swap, 512-wide ones lost
 
 
 def few_rows_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`; without autograd, for an fp32 `x` of a few rows on the CPU, computed as (W x^T)^T.
+    """`layer(x)`; without autograd, for an fp32 `x` of a few rows by a wide layer on the CPU, computed
+    as (W x^T)^T.
 
     For an fp32 product of a few rows by a wide matrix, MKL takes a slow path: beam search's 5 rows
     by the 8,000 x 512 output layer took 2.2-2.7 ms as x W^T and 0.9-1.4 ms as W x^T, the same
-    product with the operands swapped (bench/README.md). The model uses it for its wide layers, the
-    gates' and the output layer; for the 512-wide ones the swap was slower. Other dtypes and devices
-    are left to `layer` itself, and so is training (autograd on): there the swap was slower too.
+    product with the operands swapped (bench/README.md). Search calls it for the layers it runs at
+    every step. Other layers, dtypes and devices are left to `layer` itself, and so is training
+    (autograd on): there the swap was slower.
     """
-    if torch.is_grad_enabled() or type(layer) is not nn.Linear or x.dtype != torch.float32 \
-            or layer.weight.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or x.size(0) > FEW_ROWS:
+    if torch.is_grad_enabled() or type(layer) is not nn.Linear or layer.out_features < WIDE_OUTPUTS \
+            or x.dtype != torch.float32 or layer.weight.dtype != torch.float32 or x.device.type != "cpu" \
+            or x.dim() != 2 or x.size(0) > FEW_ROWS:
         return layer(x)
     if layer.bias is None:
         return torch.mm(layer.weight, x.t()).t()

@@ -9,7 +9,7 @@ from torch import nn
 
 from seq2seq.config import ModelConfig
 from seq2seq.data import pad
-from seq2seq.model import FEW_ROWS, DecoderState, Memory, Seq2Seq, few_rows_linear
+from seq2seq.model import FEW_ROWS, WIDE_OUTPUTS, DecoderState, Memory, Seq2Seq, few_rows_linear
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 VARIANTS = [
@@ -143,7 +143,7 @@ def test_eval_mode_is_deterministic_and_train_mode_applies_dropout(make_model) -
 @pytest.mark.parametrize("bias", [True, False])
 def test_few_rows_linear_equals_the_layer(rows: int, bias: bool) -> None:
     torch.manual_seed(rows)
-    layer, x = nn.Linear(24, 80, bias=bias), torch.randn(rows, 24)
+    layer, x = nn.Linear(24, WIDE_OUTPUTS, bias=bias), torch.randn(rows, 24)
     with torch.inference_mode():
         taken = few_rows_linear(layer, x)
     torch.testing.assert_close(taken, layer(x))
@@ -153,8 +153,10 @@ def test_few_rows_linear_equals_the_layer(rows: int, bias: bool) -> None:
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # torch's notices on quantization
 def test_few_rows_linear_leaves_training_other_layers_and_dtypes_to_the_layer() -> None:
-    layer, x = nn.Linear(24, 80), torch.randn(5, 24)
+    layer, x = nn.Linear(24, WIDE_OUTPUTS), torch.randn(5, 24)
     assert few_rows_linear(layer, x).is_contiguous(), "with autograd on, as in training, the layer's own product"
+    with torch.inference_mode():
+        assert few_rows_linear(nn.Linear(24, WIDE_OUTPUTS - 1), x).is_contiguous(), "a narrower layer's own product"
     layer = layer.bfloat16()
     with torch.inference_mode():
         torch.testing.assert_close(few_rows_linear(layer, x.bfloat16()), layer(x.bfloat16()), rtol=0, atol=0)
