@@ -163,3 +163,30 @@ def test_few_rows_linear_leaves_training_other_layers_and_dtypes_to_the_layer() 
     quantized = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(24, 80)), {nn.Linear}, dtype=torch.qint8)[0]
     with torch.inference_mode():
         torch.testing.assert_close(few_rows_linear(quantized, x), quantized(x), rtol=0, atol=0)
+
+
+def test_search_steps_of_a_wide_model_take_the_swapped_products_and_match_the_layers(make_model, monkeypatch) -> None:
+    # 2 layers of 512 units: the gates (4 x 512 outputs) and the 2,048-piece vocabulary are wide enough
+    model = make_model(src_vocab=17, tgt_vocab=WIDE_OUTPUTS, hidden_dim=WIDE_OUTPUTS // 4, layers=2, scale=0.2)
+    src, src_lens, tgt_in = random_batch(3, vocab=17, seed=4)
+    memory, state = model.encode(src, src_lens)
+    own, _ = model.decode_step(tgt_in[:, 0], state, memory)  # autograd on: every layer's own product
+
+    swapped_weights = []  # the swap passes the weight first, with the input's rows as its last dimension
+    for name in ("mm", "addmm"):
+        product = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *args, product=product: swapped_weights.append(tuple(args[-2].shape))
+                            or product(*args))
+    with torch.inference_mode():
+        swapped, _ = model.decode_step(tgt_in[:, 0], state, memory)
+
+    torch.testing.assert_close(swapped, own.detach(), rtol=0, atol=1e-5)
+    gates, hidden = WIDE_OUTPUTS, WIDE_OUTPUTS // 4
+    assert sorted(swapped_weights) == sorted([
+        (gates, 16),              # the first layer's input map (embeddings of 16)
+        (gates, hidden),          # input feeding
+        (gates, hidden),          # the first layer's hidden map
+        (gates, hidden),          # the second layer's input map
+        (gates, hidden),          # the second layer's hidden map
+        (WIDE_OUTPUTS, hidden),   # the output layer
+    ])
