@@ -290,8 +290,7 @@ def few_rows_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     (autograd on): there the swap was slower.
     """
     if torch.is_grad_enabled() or type(layer) is not nn.Linear or layer.out_features < WIDE_OUTPUTS \
-            or x.dtype != torch.float32 or layer.weight.dtype != torch.float32 or x.device.type != "cpu" \
-            or x.dim() != 2 or x.size(0) > FEW_ROWS:
+            or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or x.size(0) > FEW_ROWS:
         return layer(x)
     if layer.bias is None:
         return torch.mm(layer.weight, x.t()).t()
