@@ -7,6 +7,10 @@ import torch
 from seq2seq.config import DEVICES
 from seq2seq.errors import ConfigError
 
+# CPU features (names of `torch.cpu.get_capabilities()`, x86 then Arm) that compute bf16 products in
+# hardware. Without any of them torch emulates bf16.
+BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
 
 def resolve(setting: str) -> torch.device:
     """The device for `setting` (auto | cpu | cuda). auto takes the GPU when torch sees one, as a user with
@@ -24,3 +28,18 @@ def resolve(setting: str) -> torch.device:
 def of(model: torch.nn.Module) -> torch.device:
     """The device a model's weights are on (an int8 model keeps its embeddings as ordinary weights)."""
     return next(model.parameters()).device
+
+
+def require_bf16_units(device: torch.device) -> None:
+    """Refuse bf16 where `device` only emulates it. It runs slower than fp32 there, and where oneDNN was held
+    to AVX2 it could not build the encoder's bf16 LSTM at all (bench/README.md)."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return
+        where = "this GPU has none"
+    else:
+        capabilities = torch.cpu.get_capabilities()
+        if any(capabilities.get(feature) for feature in BF16_CPU_FEATURES):
+            return
+        where = "this CPU has none (AVX512-BF16, AMX or Arm BF16)"
+    raise ConfigError(f"bf16 needs bf16 units and {where}: emulated, it would run slower than fp32; use --precision fp32")

@@ -117,6 +117,8 @@ def _time_updates(model: Seq2Seq, examples: list[Example], plan: list[list[int]]
     count = min(count, len(by_cost))
     chosen = [by_cost[round(k * (len(by_cost) - 1) / max(count - 1, 1))] for k in range(count)]
     device = devices.resolve(settings.device)
+    if settings.precision == "bf16":
+        devices.require_bf16_units(device)
     model.to(device).train()
     optimizer = build_optimizer(model.parameters(), settings)
     update(model, optimizer, collate([examples[i] for i in by_cost[len(by_cost) // 2]]).to(device), settings)

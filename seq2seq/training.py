@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seq2seq import checkpoint, distributed, metrics, runfolder
+from seq2seq import checkpoint, devices, distributed, metrics, runfolder
 from seq2seq.config import Config, TrainConfig, to_toml
 from seq2seq.data import Batch, Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel, share
 from seq2seq.distributed import ALONE, World
@@ -149,6 +149,8 @@ def _train(
     cfg: Config, out_dir: Path, world: World, report: Report, *, overwrite: bool, resume: bool, should_stop: StopCheck
 ) -> Finished:
     data = cfg.data
+    if "bf16" in (cfg.train.precision, cfg.search.precision):  # search's too, or validation would stop the run
+        world.everywhere(lambda: devices.require_bf16_units(world.device))
     # Every rank checks the folder and reads the data, writing nothing; an error on any rank stops them all.
     resumed, src_lines, tgt_lines, valid_src, valid_tgt = world.everywhere(
         lambda: _check_and_read(cfg, out_dir, world.size, overwrite=overwrite, resume=resume))

@@ -44,6 +44,8 @@ class Translation(NamedTuple):
 @contextmanager
 def _inference(model: Seq2Seq, precision: str) -> Iterator[None]:
     """Eval mode (no dropout), no autograd, bf16 autocast if asked; the model's mode is restored after."""
+    if precision == "bf16":
+        devices.require_bf16_units(devices.of(model))
     was_training = model.training
     model.eval()
     try:
@@ -132,9 +134,12 @@ def translate(
     line could stall a whole file; cut, it still gets its one output line.
     With `search.quantize = "int8"`, a quantized copy of the model translates; `model` is left as it is.
     """
-    if attention and model.attention is None:  # checked now, not when the first line is read
+    # checked now, not when the first line is read
+    if attention and model.attention is None:
         raise ConfigError("this model has no attention (model.attention = none): there is no attention "
                           "to draw or align (--attention-plot, --alignment)")
+    if search.precision == "bf16":
+        devices.require_bf16_units(devices.of(model))
     if search.quantize == "int8":
         model = quantized_int8(model)
     return _translate(model, tokenizers, iter(lines), search, nbest=nbest, chunk_lines=chunk_lines or 8 * search.batch_size,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -177,3 +178,20 @@ def test_the_library_never_imports_typer_or_rich() -> None:
     offenders = [path.name for path in library.glob("*.py") if path.name != "__main__.py" and importing.search(path.read_text())]
     assert offenders == []
     assert importing.search("import rich.console") and importing.search("    from typer import Typer")
+
+
+@pytest.mark.parametrize(("precision", "units", "refused"), [("bf16", False, True), ("bf16", True, False), ("fp32", False, False)])
+def test_translating_in_bf16_on_a_cpu_without_bf16_units_is_one_line_and_exit_2(
+    trained: Path, monkeypatch: pytest.MonkeyPatch, precision: str, units: bool, refused: bool,
+) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": units})
+    result = runner.invoke(app, ["translate", "-m", str(trained / "best.pt"), "--precision", precision, "--device", "cpu"],
+                           input="the cat\nsmall house\n")
+    if refused:
+        assert result.exit_code == 2 and result.stdout == ""
+        assert result.stderr.strip().splitlines() == [
+            "error: bf16 needs bf16 units and this CPU has none (AVX512-BF16, AMX or Arm BF16): emulated, it would run "
+            "slower than fp32; use --precision fp32"]
+    else:
+        assert result.exit_code == 0, result.output
+        assert len(result.stdout.splitlines()) == 2

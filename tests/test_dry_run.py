@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -87,3 +88,15 @@ def test_unknown_share_counts_the_pieces_the_tokenizer_cannot_name(tokenizers) -
     assert 0.0 < unknown_share(tokenizers.src, ["the ☃"]) < 1.0
     assert unknown_share(tokenizers.src, [""]) == 0.0
     assert unseen_characters(["abc"], ["abd dd", "e"]) == [("d", 3), ("e", 1)]
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_training_in_bf16_on_a_cpu_without_bf16_units_is_refused_before_anything_is_written(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dry_run: bool,
+) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})
+    args = [*_args(files, tmp_path / "run"), "--precision", "bf16", "--device", "cpu"]
+    result = runner.invoke(app, args if dry_run else [*(arg for arg in args if arg != "--dry-run"), "--max-steps", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("error: bf16 needs bf16 units and this CPU has none")
+    assert not (tmp_path / "run").exists()
