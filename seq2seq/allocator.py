@@ -4,7 +4,9 @@ Every training step and decoding batch allocates and frees the same large tensor
 big blocks with mmap and unmaps them when they are freed, so each step pays page faults and the
 kernel's zeroing of fresh pages all over again: 12-18% of a Multi30k training step on a 2-core CPU
 (bench/README.md). Serving every block from the heap, and never trimming it, makes a freed block
-reusable at once; the price is that the process keeps its peak memory until it exits.
+reusable at once. The price: the process never gives memory back, and blocks of ever-changing sizes
+fragment the heap, so a long run holds several times what it uses (a Multi30k bf16 run: 4.6 GB after
+1,000 updates, against 0.9 GB in use between updates; bench/README.md).
 """
 
 from __future__ import annotations
