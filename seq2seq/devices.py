@@ -43,3 +43,11 @@ def require_bf16_units(device: torch.device) -> None:
             return
         where = "this CPU has none (AVX512-BF16, AMX or Arm BF16)"
     raise ConfigError(f"bf16 needs bf16 units and {where}: emulated, it would run slower than fp32; use --precision fp32")
+
+
+def require_int8_units() -> None:
+    """Refuse int8 on an x86 CPU without AVX2. torch's int8 products there (fbgemm) need AVX2 and would stop at the
+    first product with "Your CPU does not support FBGEMM". Other architectures have their own int8 engine."""
+    if torch.cpu.get_capabilities().get("avx2") is False:
+        raise ConfigError("--quantize int8 needs AVX2 and this CPU has none (torch's int8 products require it); "
+                          "use --quantize none")

@@ -141,6 +141,7 @@ def translate(
     if search.precision == "bf16":
         devices.require_bf16_units(devices.of(model))
     if search.quantize == "int8":
+        devices.require_int8_units()
         model = quantized_int8(model)
     return _translate(model, tokenizers, iter(lines), search, nbest=nbest, chunk_lines=chunk_lines or 8 * search.batch_size,
                       attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut)

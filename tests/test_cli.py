@@ -180,6 +180,14 @@ def test_the_library_never_imports_typer_or_rich() -> None:
     assert importing.search("import rich.console") and importing.search("    from typer import Typer")
 
 
+def test_int8_on_a_cpu_without_avx2_is_one_line_and_exit_2(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"architecture": "x86_64", "avx2": False})
+    result = runner.invoke(app, ["translate", "-m", str(trained / "best.pt"), "--quantize", "int8"], input="the cat\n")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "error: --quantize int8 needs AVX2 and this CPU has none (torch's int8 products require it); use --quantize none"]
+
+
 @pytest.mark.parametrize(("precision", "units", "refused"), [("bf16", False, True), ("bf16", True, False), ("fp32", False, False)])
 def test_translating_in_bf16_on_a_cpu_without_bf16_units_is_one_line_and_exit_2(
     trained: Path, monkeypatch: pytest.MonkeyPatch, precision: str, units: bool, refused: bool,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -60,6 +61,30 @@ def test_translate_with_int8_leaves_the_given_model_as_it_was(make_model, tokeni
     outputs = list(translate(model, tokenizers, lines, SearchConfig(beam_size=2, quantize="int8")))
     assert len(outputs) == 3 and outputs[1][0].text == ""
     assert _linear_kinds(model) == {"torch.nn.modules.linear"}
+
+
+@pytest.mark.parametrize(("capabilities", "refused"), [
+    ({"architecture": "x86_64", "avx": True, "avx2": False}, True),
+    ({"architecture": "x86_64", "avx2": True}, False),
+    ({"architecture": "aarch64", "asimd": True}, False),  # Arm has no avx2 key: its int8 engine is not fbgemm
+])
+def test_int8_on_an_x86_cpu_without_avx2_is_refused_before_the_first_line_is_read(
+    make_model, tokenizers, monkeypatch: pytest.MonkeyPatch, capabilities: dict, refused: bool,
+) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    model = make_model(src_vocab=tokenizers.src.vocab_size, tgt_vocab=tokenizers.tgt.vocab_size)
+    read: list[str] = []
+
+    def lines() -> Iterator[str]:
+        read.append("the cat sat")
+        yield "the cat sat"
+
+    if refused:
+        with pytest.raises(ConfigError, match="--quantize int8 needs AVX2 and this CPU has none"):
+            translate(model, tokenizers, lines(), SearchConfig(quantize="int8"))
+        assert read == []
+    else:
+        assert len(list(translate(model, tokenizers, lines(), SearchConfig(quantize="int8")))) == 1
 
 
 def test_int8_with_bf16_or_an_unknown_quantization_is_refused() -> None:
