@@ -34,7 +34,7 @@ def measure_ours(args: argparse.Namespace) -> dict:
     import torch
 
     from seq2seq import checkpoint, config
-    from seq2seq.allocator import reuse_freed_memory
+    from seq2seq.allocator import reuse_freed_memory, small_kernel_cache
     from seq2seq.data import collate, encode_pairs, plan_batches
     from seq2seq.optim import build_optimizer
     from seq2seq.textio import read_lines
@@ -42,6 +42,7 @@ def measure_ours(args: argparse.Namespace) -> dict:
     from seq2seq.training import update
 
     reuse_freed_memory()  # as `seq2seq train` does
+    small_kernel_cache()
     cfg = config.resolve(RECIPE)
     cfg = replace(cfg, train=replace(cfg.train, precision=args.precision[0]))  # a child measures one
     src = read_lines(args.data / "train.de.gz")

@@ -123,10 +123,11 @@ def _run(cfg: Config, output: Path, *, resume: bool, overwrite: bool, quiet: boo
     """Train with progress on stderr and Ctrl-C/SIGTERM handled; exits unless the run reached its limit."""
     from cli.training_progress import TrainingReporter
     from cli.signals import EXIT_CODES, StopNow, stop_requests
-    from seq2seq.allocator import reuse_freed_memory
+    from seq2seq.allocator import reuse_freed_memory, small_kernel_cache
     from seq2seq.training import train as run_training
 
     reuse_freed_memory()
+    small_kernel_cache()
     try:
         with TrainingReporter(cfg.train, quiet=quiet) as reporter, stop_requests() as stop_request:
             finished = run_training(cfg, output, report=reporter, overwrite=overwrite, resume=resume,

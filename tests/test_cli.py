@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -62,6 +63,15 @@ def test_training_prints_the_best_checkpoint_on_stdout(corpus: Path, tmp_path: P
     result = runner.invoke(app, _train_args(corpus, tmp_path / "run"))
     assert result.exit_code == 0
     assert result.stdout.strip() == str(tmp_path / "run" / "best.pt")
+
+
+def test_training_keeps_onednn_kernel_cache_small(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `small_kernel_cache` sets for oneDNN (test_allocator.py checks that oneDNN obeys it)."""
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "unset")  # so that the test's end removes it again
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    result = runner.invoke(app, [*_train_args(corpus, tmp_path / "run"), "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
 
 
 def test_training_into_an_existing_run_is_refused(corpus: Path, trained: Path) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
-from seq2seq.allocator import reuse_freed_memory
 from seq2seq.config import Config, SearchConfig
 from seq2seq.data import pad
 from seq2seq.errors import ConfigError
@@ -92,8 +90,3 @@ def test_int8_with_bf16_or_an_unknown_quantization_is_refused() -> None:
         Config(search=SearchConfig(quantize="int8", precision="bf16")).validate()
     with pytest.raises(ConfigError, match="search.quantize must be none or int8"):
         Config(search=SearchConfig(quantize="int4")).validate()
-
-
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_glibc_accepts_keeping_freed_memory() -> None:
-    assert reuse_freed_memory()
