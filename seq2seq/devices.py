@@ -30,18 +30,20 @@ def of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def has_bf16_units(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware rather than emulating it."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    capabilities = torch.cpu.get_capabilities()
+    return any(capabilities.get(feature) for feature in BF16_CPU_FEATURES)
+
+
 def require_bf16_units(device: torch.device) -> None:
     """Refuse bf16 where `device` only emulates it. It runs slower than fp32 there, and where oneDNN was held
     to AVX2 it could not build the encoder's bf16 LSTM at all (bench/README.md)."""
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            return
-        where = "this GPU has none"
-    else:
-        capabilities = torch.cpu.get_capabilities()
-        if any(capabilities.get(feature) for feature in BF16_CPU_FEATURES):
-            return
-        where = "this CPU has none (AVX512-BF16, AMX or Arm BF16)"
+    if has_bf16_units(device):
+        return
+    where = "this GPU has none" if device.type == "cuda" else "this CPU has none (AVX512-BF16, AMX or Arm BF16)"
     raise ConfigError(f"bf16 needs bf16 units and {where}: emulated, it would run slower than fp32; use --precision fp32")
 
 

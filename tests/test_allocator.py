@@ -12,7 +12,6 @@ import torch
 
 from seq2seq import devices
 from seq2seq.allocator import reuse_freed_memory
-from seq2seq.errors import ConfigError
 
 # Ten bf16 products of different shapes, then the first shape again, with oneDNN saying whether it
 # found that kernel in its cache. `small_kernel_cache(4)` must take effect although torch is already
@@ -30,14 +29,6 @@ with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON_CREATION):
 """
 
 
-def _cpu_has_bf16_units() -> bool:
-    try:
-        devices.require_bf16_units(torch.device("cpu"))
-    except ConfigError:
-        return False
-    return torch.backends.mkldnn.is_available()
-
-
 def _first_kernel_found_again(mode: str, **env: str) -> bool:
     clean = {key: value for key, value in os.environ.items() if key != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
     result = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
@@ -47,7 +38,8 @@ def _first_kernel_found_again(mode: str, **env: str) -> bool:
     return "create:cache_hit" in lookups[0]
 
 
-@pytest.mark.skipif(not _cpu_has_bf16_units(), reason="bf16 products go through oneDNN only on a CPU with bf16 units")
+@pytest.mark.skipif(not (devices.has_bf16_units(torch.device("cpu")) and torch.backends.mkldnn.is_available()),
+                    reason="bf16 products go through oneDNN only on a CPU with bf16 units")
 def test_a_small_kernel_cache_forgets_old_shapes_unless_the_user_chose_its_size() -> None:
     assert _first_kernel_found_again("default")
     assert not _first_kernel_found_again("small")

@@ -40,15 +40,7 @@ def test_bf16_loss_is_close_to_fp32_and_not_identical(make_model) -> None:
     assert losses["bf16"] != losses["fp32"], "autocast had no effect"
 
 
-def _cpu_has_bf16_units() -> bool:
-    try:
-        devices.require_bf16_units(torch.device("cpu"))
-    except ConfigError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _cpu_has_bf16_units(), reason="this CPU has no bf16 units, so bf16 search is refused here")
+@pytest.mark.skipif(not devices.has_bf16_units(torch.device("cpu")), reason="this CPU has no bf16 units, so bf16 search is refused here")
 def test_bf16_search_returns_fp32_scores_for_every_sentence(make_model) -> None:
     model = make_model(scale=0.5)
     found = search_batch(model, [[5, 6, 7], [8, 9], [10, 11, 12, 13]], SearchConfig(beam_size=3, precision="bf16"))
