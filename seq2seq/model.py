@@ -286,11 +286,13 @@ def few_rows_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     For an fp32 product of a few rows by a wide matrix, MKL takes a slow path: beam search's 5 rows
     by the 8,000 x 512 output layer took 2.2-2.7 ms as x W^T and 0.9-1.4 ms as W x^T, the same
     product with the operands swapped (bench/README.md). Search calls it for the layers it runs at
-    every step. Other layers, dtypes and devices are left to `layer` itself, and so is training
-    (autograd on): there the swap was slower.
+    every step. Other layers, dtypes and devices are left to `layer` itself, and so are training
+    (autograd on) and bf16 autocast, whose inputs are still fp32: the swap was slower there (bf16 greedy
+    search ran at half speed).
     """
     if torch.is_grad_enabled() or type(layer) is not nn.Linear or layer.out_features < WIDE_OUTPUTS \
-            or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or x.size(0) > FEW_ROWS:
+            or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") \
+            or x.dim() != 2 or x.size(0) > FEW_ROWS:
         return layer(x)
     if layer.bias is None:
         return torch.mm(layer.weight, x.t()).t()

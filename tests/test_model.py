@@ -157,6 +157,10 @@ def test_few_rows_linear_leaves_training_other_layers_and_dtypes_to_the_layer() 
     assert few_rows_linear(layer, x).is_contiguous(), "with autograd on, as in training, the layer's own product"
     with torch.inference_mode():
         assert few_rows_linear(nn.Linear(24, WIDE_OUTPUTS - 1), x).is_contiguous(), "a narrower layer's own product"
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 search: fp32 states, bf16 products
+        taken = few_rows_linear(layer, x)
+        assert taken.is_contiguous(), "under autocast, the layer's own product (the swap ran at half speed there)"
+        torch.testing.assert_close(taken, layer(x), rtol=0, atol=0)
     layer = layer.bfloat16()
     with torch.inference_mode():
         torch.testing.assert_close(few_rows_linear(layer, x.bfloat16()), layer(x.bfloat16()), rtol=0, atol=0)
