@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA check, for a machine with one NVIDIA GPU and torch, typer, sentencepiece, sacrebleu and rich:
 # the Multi30k recipe (de->en) trained on the GPU with bf16 autocast for 2 minutes, in fp32 for 1 minute,
-# and with bf16 and 4x the batch for 1 minute; then the 2-minute model's translation speed on the GPU.
+# and with bf16 and 4x the batch for 1 minute; how busy an update keeps the GPU (bench/gpu_profile.py);
+# then the 2-minute model's translation speed on the GPU.
 #
 #   bash bench/gpu.sh ../shared/data/multi30k /tmp/gpu-check
 #
@@ -43,8 +44,10 @@ train bf16-2min --precision bf16 --max-time 2
 train fp32-1min --precision fp32 --max-time 1
 train bf16-batch16k-1min --precision bf16 --max-time 1 --batch-tokens 16000
 
+python3 bench/gpu_profile.py --data "$data" > "$out/profile.md" 2>&1 || echo "gpu_profile failed: exit $?"
+
 python3 bench/translate_speed.py --model "$runs/bf16-2min/best.pt" --data "$data" --device cuda \
     --beams 1 5 --batch-sizes 64 --repeats 3 --variants fp32 bf16 > "$out/translate.md" 2>&1 \
     || echo "translate_speed failed: exit $?"
-cat "$out/machine.txt" "$out/translate.md"
+cat "$out/machine.txt" "$out/profile.md" "$out/translate.md"
 rm -rf "$runs"
