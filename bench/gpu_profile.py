@@ -26,7 +26,7 @@ from seq2seq import checkpoint, config
 from seq2seq.data import collate, encode_pairs, plan_batches
 from seq2seq.optim import build_optimizer
 from seq2seq.textio import read_lines
-from seq2seq.tokenizer import train_tokenizers
+from seq2seq.tokenizer import Tokenizers, train_tokenizers
 from seq2seq.training import update
 
 HERE = Path(__file__).resolve().parent
@@ -34,7 +34,7 @@ RECIPE = HERE.parent / "data" / "recipes" / "multi30k.toml"
 WARMUP, TIMED, PROFILED = 20, 30, 10
 
 
-def measure(cfg: config.Config, examples: list, tokenizers, precision: str, batch_tokens: int) -> dict:
+def measure(cfg: config.Config, examples: list, tokenizers: Tokenizers, precision: str, batch_tokens: int) -> dict:
     """One setting: median update time, target pieces/s, and the profiled share of GPU-busy time."""
     settings = replace(cfg.train, precision=precision, batch_tokens=batch_tokens)
     cfg = replace(cfg, train=settings)
