@@ -302,7 +302,9 @@ def few_rows_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def quantized_int8(model: Seq2Seq) -> Seq2Seq:
     """A copy for CPU inference whose linear layers and encoder hold int8 weights (dynamic quantization).
 
-    Activations are quantized on the fly, row by row, and everything between the products stays fp32.
+    Activations are quantized on the fly with one scale for each product's whole input, so a sentence's
+    neighbours in a batch change its rounding (and, rarely, its output); everything between the
+    products stays fp32.
     Bahdanau's energy layer stays fp32: its input, one vector per beam and source position, would be
     quantized anew at every step for a product of one output column.
     torch marks `torch.ao.quantization` as deprecated in favour of torchao (not a dependency here);
