@@ -1,6 +1,6 @@
 """Scale: training start-up and streamed translation at 10k, 100k and 1M lines (time and peak memory).
 
-    python bench/scale.py --sizes 10000 100000 1000000
+    python bench/scale.py --sizes 10000 100000 1000000 --tokenizers-from runs/de-en/best.pt
 
 Corpora of N pairs are built from Multi30k train: copy i of the 29,000 pairs has the words of every
 sentence rotated by i places, so that the lines are distinct (SentencePiece and the length bucketing
@@ -14,7 +14,12 @@ see N different sentences) while the vocabulary stays that of real text.
   output at its first step, so that 1M lines take minutes: every line still goes through reading,
   SentencePiece, batching, the encoder, one decoder step and writing. What is measured is whether
   memory stays flat as the input grows, not decoding speed (that is `translate_speed.py`).
+  `--model` streams through a real checkpoint instead (about an hour for 1M lines), and `--precision
+  bf16` translates under autocast, whose products compile a kernel for every new shape.
 Each measurement is one process under `/usr/bin/time -v`.
+
+    python bench/scale.py --sizes 10000 100000 1000000 --skip-training \
+        --model runs/de-en/best.pt --precision bf16
 """
 
 from __future__ import annotations
@@ -111,31 +116,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data" / "multi30k")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--tokenizers-from", type=Path, required=True,
+    parser.add_argument("--tokenizers-from", type=Path,
                         help="a Multi30k checkpoint whose SentencePiece model the tiny translation model uses")
+    parser.add_argument("--model", type=Path, help="stream through this checkpoint instead of the tiny model")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="translate's --precision")
+    parser.add_argument("--skip-training", action="store_true", help="measure the translation only")
     parser.add_argument("--child-train", nargs=3, metavar=("SOURCE", "TARGET", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_train:
         source, target, output = args.child_train
         first_update(source, target, args.data, output)
         return
+    if not (args.model or args.tokenizers_from):
+        parser.error("give --tokenizers-from (for the tiny model) or --model")
     print(f"threads {os.environ.get('OMP_NUM_THREADS', '2')}")
-    print("| pairs / lines | training: first update done, s | training: peak RSS, GiB | "
-          "translate stdin (tiny model, greedy): wall, s | lines/s | peak RSS, GiB |")
+    print(f"| pairs / lines | training: first update done, s | training: peak RSS, GiB | translate stdin "
+          f"({args.model or 'tiny model'}, greedy, {args.precision}): wall, s | lines/s | peak RSS, GiB |")
     print("|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        model = folder / "tiny.pt"
-        tiny_model(args.tokenizers_from, model)
+        model = args.model or folder / "tiny.pt"
+        if not args.model:
+            tiny_model(args.tokenizers_from, model)
         for size in args.sizes:  # a row as soon as it is measured: 1M lines take a while
             source, target = write_corpus(args.data, size, folder)
-            log, _, train_rss = timed([sys.executable, __file__, "--data", str(args.data),
-                                       "--tokenizers-from", str(args.tokenizers_from), "--child-train",
-                                       str(source), str(target), str(folder / f"run{size}")])
-            first = json.loads(re.search(r"^RESULT (.*)$", log, re.M).group(1))["first_update_s"]
+            first, train_rss = "-", "-"
+            if not args.skip_training:
+                log, _, rss = timed([sys.executable, __file__, "--data", str(args.data), "--child-train",
+                                     str(source), str(target), str(folder / f"run{size}")])
+                first = f"{json.loads(re.search(r'^RESULT (.*)$', log, re.M).group(1))['first_update_s']:.1f}"
+                train_rss = f"{rss:.2f}"
             _, translate_wall, translate_rss = timed([sys.executable, "-m", "seq2seq", "translate", "-m", str(model),
-                                                      "--beam-size", "1", "-q"], stdin_path=source)
-            print(f"| {size:,} | {first:.1f} | {train_rss:.2f} | {translate_wall:.1f} | {size / translate_wall:,.0f} | "
+                                                      "--beam-size", "1", "--precision", args.precision, "-q"],
+                                                     stdin_path=source)
+            print(f"| {size:,} | {first} | {train_rss} | {translate_wall:.1f} | {size / translate_wall:,.0f} | "
                   f"{translate_rss:.2f} |", flush=True)
 
 
