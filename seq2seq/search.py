@@ -80,7 +80,7 @@ def _constrain_(
 
 
 BLOCK = 64              # columns per block in `top_k`
-BLOCKS_FROM = 16 * 8000  # scores (rows x columns) from which `top_k` goes through blocks: below, torch.topk was as fast
+BLOCKS_FROM = 16 * 8000  # scores (rows x columns) from which `top_k` goes through blocks: below, torch.topk was as fast or faster
 
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
