@@ -92,13 +92,20 @@ def plan_batches(examples: Sequence[Example], *, batch_tokens: int, generator: t
     (sorted by length with a random tie-break), so little of the budget is spent on padding.
     The `generator` alone decides the order, so a seed and an epoch number recreate it exactly.
     """
-    noise = torch.rand(len(examples), generator=generator).tolist()
-    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].src), len(examples[i].tgt), noise[i]))
+    noise = torch.rand(len(examples), generator=generator)
+    src_lens = torch.tensor([len(ex.src) for ex in examples], dtype=torch.long)
+    tgt_lens = torch.tensor([len(ex.tgt) for ex in examples], dtype=torch.long)
+    # In order of (source length, target length, noise): stable sorts from the last key to the first, the
+    # order that sorting those tuples gives, in 2 s instead of 5 for 1M examples (bench/README.md).
+    order = noise.argsort(stable=True)
+    for key in (tgt_lens, src_lens):
+        order = order[key[order].argsort(stable=True)]
+    src_lens_list, tgt_lens_list = src_lens.tolist(), tgt_lens.tolist()
     batches: list[list[int]] = []
     current: list[int] = []
     longest_src = longest_tgt = 0
-    for index in order:
-        src_len, tgt_len = len(examples[index].src), len(examples[index].tgt) + 1
+    for index in order.tolist():
+        src_len, tgt_len = src_lens_list[index], tgt_lens_list[index] + 1
         grown_src, grown_tgt = max(longest_src, src_len), max(longest_tgt, tgt_len)
         if current and (len(current) + 1) * (grown_src + grown_tgt) > batch_tokens:
             batches.append(current)

@@ -174,10 +174,10 @@ def _train(
         world.on_main(lambda: _write_metrics(out_dir / "metrics.jsonl", state.history))
     run = _Run(cfg, out_dir, world, tokenizers, model, network, optimizer, rate, examples, valid_examples, valid_src,
                valid_tgt)
+    plan = _epoch_plan(examples, cfg.train, state.epoch, world.size)  # planned once: 1M pairs take seconds
     report(DataReady(stats, len(valid_src), tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
-                     sum(p.numel() for p in model.parameters()),
-                     len(_epoch_plan(examples, cfg.train, state.epoch, world.size)), state.step))
-    return _loop(run, state, report, should_stop)
+                     sum(p.numel() for p in model.parameters()), len(plan), state.step))
+    return _loop(run, state, plan, report, should_stop)
 
 
 def _check_and_read(
@@ -195,11 +195,11 @@ def _prepare(out_dir: Path, cfg: Config, *, overwrite: bool) -> None:
         file.write(to_toml(cfg))
 
 
-def _loop(run: _Run, state: LoopState, report: Report, should_stop: StopCheck) -> Finished:
-    """Update, report, validate and save until a limit, early stopping, a stop request or too many non-finite steps."""
+def _loop(run: _Run, state: LoopState, plan: list[list[int]], report: Report, should_stop: StopCheck) -> Finished:
+    """Update, report, validate and save until a limit, early stopping, a stop request or too many non-finite steps;
+    `plan` holds the batches of the current epoch."""
     settings = run.cfg.train
     start = time.perf_counter() - state.elapsed
-    plan = _epoch_plan(run.examples, settings, state.epoch, run.world.size)
     window = _Window()
     run.model.train()
     while True:

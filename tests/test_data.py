@@ -152,6 +152,21 @@ def test_a_different_seed_gives_a_different_order() -> None:
     assert first != second
 
 
+def test_batches_follow_the_order_of_lengths_then_noise_as_earlier_versions_planned() -> None:
+    """The plan of a seed and an epoch must not change between versions: a resumed run recreates it. Its
+    batches are runs of the examples in order of (source length, target length, noise), the noise drawn
+    first from the generator."""
+    examples = [Example([5] * (i % 4 + 1) + [EOS_ID], [6] * (i % 3 + 1)) for i in range(200)]  # many ties
+    noise = torch.rand(len(examples), generator=torch.Generator().manual_seed(9)).tolist()
+    expected = sorted(range(len(examples)), key=lambda i: (len(examples[i].src), len(examples[i].tgt), noise[i]))
+    position = {index: place for place, index in enumerate(expected)}
+
+    batches = plan(examples, batch_tokens=40, seed=9)
+
+    assert len(batches) > 10
+    assert [i for batch in sorted(batches, key=lambda b: position[b[0]]) for i in batch] == expected
+
+
 def test_a_different_seed_varies_which_examples_share_a_batch() -> None:
     # many examples of equal lengths: ties broken at random, so each epoch mixes them differently
     examples = [Example([5] * (i % 3 + 1) + [EOS_ID], [6] * (i % 2 + 1)) for i in range(120)]
