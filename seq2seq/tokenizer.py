@@ -41,6 +41,8 @@ class Tokenizer:
                 pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
                 input_sentence_size=2_000_000,
                 shuffle_input_sentence=True,
+                # Fixed, not the machine's cores: the model depends on the thread count (1, 2, 4 and 8 threads
+                # gave 4 different Multi30k models), and a corpus should give one tokenizer everywhere.
                 num_threads=2,
                 minloglevel=2,
             )
