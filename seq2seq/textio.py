@@ -10,6 +10,7 @@ carries the final name.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from typing import IO, BinaryIO
 from seq2seq.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
+READ_BLOCK = 1 << 24  # bytes `read_lines` reads at a time
 STDIO = "-"
 
 
@@ -87,7 +89,47 @@ def iter_lines(path: str | Path, *, on_invalid: Callable[[str], None] | None = N
 
 
 def read_lines(path: str | Path) -> list[str]:
-    return list(iter_lines(path))
+    """The lines `iter_lines(path)` yields, read a block of whole lines at a time.
+
+    Decoding a block at once read both sides of a million-pair corpus in 0.8 s, against 3.5 s line
+    by line (bench/README.md). A block with invalid UTF-8 or a NUL byte is decoded again line by line, so
+    the error names its file and line as `iter_lines` does.
+    """
+    name = display_name(path)
+    stream = _open_binary(path)
+    lines: list[str] = []
+    rest = b""
+    try:
+        while block := stream.read(READ_BLOCK):
+            block = rest + block
+            end = block.rfind(b"\n") + 1  # whole lines only; a UTF-8 sequence never holds a newline byte
+            rest = block[end:]
+            lines += _decode_lines(block[:end], name, len(lines))
+        lines += _decode_lines(rest, name, len(lines))  # a last line without a newline
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise DataError(f"{name}: corrupt gzip data ({error})") from None
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    return lines
+
+
+def _decode_lines(block: bytes, name: str, lines_before: int) -> list[str]:
+    """Whole lines of a file, `lines_before` lines into it, as `_decode` gives them one by one."""
+    try:
+        if b"\0" in block:
+            raise ValueError("a NUL byte")
+        text = block.decode("utf-8")
+    except (UnicodeDecodeError, ValueError):
+        return [_decode(raw, name, number) for number, raw in enumerate(io.BytesIO(block), start=lines_before + 1)]
+    lines = text.split("\n")
+    if text.endswith("\n") or not text:
+        lines.pop()  # what follows the last newline is no line
+    if "\r" in text:
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if lines_before == 0 and lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
+    return lines
 
 
 @contextmanager

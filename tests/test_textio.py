@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from seq2seq.errors import DataError
-from seq2seq.textio import atomic_write, read_lines
+import seq2seq.textio
+from seq2seq.textio import atomic_write, iter_lines, read_lines
 
 LINES = ["first line", "zweite Zeile mit Umlauten: äöü", "", "第四行", "  spaces kept  "]
 
@@ -78,6 +79,32 @@ def test_a_nul_byte_says_the_file_looks_binary(tmp_path: Path) -> None:
     path = write_bytes(tmp_path / "model.bin", b"text\n\x00\x01\x02\n")
 
     with pytest.raises(DataError, match=rf"{re.escape(str(path))}:2:.*looks like a binary file"):
+        read_lines(path)
+
+
+TRICKY = ("\ufeffBOM first\r\nzweite Zeile: äöü\n\n第四行 is longer than a block here\r\n"
+          "a\u2028b\u0085c\x0cd\re\n\u00e9\u00e9\u00e9\ncrlf and no newline at the end\r").encode("utf-8")
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1 << 24])
+@pytest.mark.parametrize("zipped", [False, True])
+def test_reading_by_blocks_gives_the_lines_read_one_by_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          block: int, zipped: bool) -> None:
+    # blocks that end inside a line, inside a UTF-8 sequence, between \r and \n, and blocks larger than the file
+    path = write_bytes(tmp_path / "t.txt", gzip.compress(TRICKY) if zipped else TRICKY)
+    monkeypatch.setattr(seq2seq.textio, "READ_BLOCK", block)
+
+    assert read_lines(path) == list(iter_lines(path))
+    assert read_lines(path)[0] == "BOM first" and read_lines(path)[-1] == "crlf and no newline at the end"
+
+
+@pytest.mark.parametrize("block", [5, 1 << 24])
+def test_invalid_utf8_in_a_later_block_names_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       block: int) -> None:
+    path = write_bytes(tmp_path / "t.txt", "".join(f"line {n}\n" for n in range(1, 40)).encode() + b"caf\xe9\nok\n")
+    monkeypatch.setattr(seq2seq.textio, "READ_BLOCK", block)
+
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:40: invalid UTF-8 at byte 4"):
         read_lines(path)
 
 
