@@ -93,19 +93,17 @@ def plan_batches(examples: Sequence[Example], *, batch_tokens: int, generator: t
     The `generator` alone decides the order, so a seed and an epoch number recreate it exactly.
     """
     noise = torch.rand(len(examples), generator=generator)
-    src_lens = torch.tensor([len(ex.src) for ex in examples], dtype=torch.long)
-    tgt_lens = torch.tensor([len(ex.tgt) for ex in examples], dtype=torch.long)
+    src_lens, tgt_lens = [len(ex.src) for ex in examples], [len(ex.tgt) for ex in examples]
     # In order of (source length, target length, noise): stable sorts from the last key to the first, the
     # order that sorting those tuples gives, in 2 s instead of 5 for 1M examples (bench/README.md).
     order = noise.argsort(stable=True)
-    for key in (tgt_lens, src_lens):
+    for key in (torch.tensor(tgt_lens), torch.tensor(src_lens)):
         order = order[key[order].argsort(stable=True)]
-    src_lens_list, tgt_lens_list = src_lens.tolist(), tgt_lens.tolist()
     batches: list[list[int]] = []
     current: list[int] = []
     longest_src = longest_tgt = 0
     for index in order.tolist():
-        src_len, tgt_len = src_lens_list[index], tgt_lens_list[index] + 1
+        src_len, tgt_len = src_lens[index], tgt_lens[index] + 1
         grown_src, grown_tgt = max(longest_src, src_len), max(longest_tgt, tgt_len)
         if current and (len(current) + 1) * (grown_src + grown_tgt) > batch_tokens:
             batches.append(current)
