@@ -8,7 +8,8 @@ see N different sentences) while the vocabulary stays that of real text.
 
 - training: `seq2seq train` with the Multi30k recipe on N pairs, timed until its first update is done
   (reading, SentencePiece training and encoding, batching, building the model, one update), and its
-  peak RSS; the run is stopped right after that update.
+  peak RSS; the run is stopped right after that update. Then a second run on the same pairs, which
+  takes the tokenizer from the cache the first one stored it in (a new, empty cache for every size).
 - translation: N source lines streamed through `seq2seq translate` on stdin, greedy, with a tiny model
   (random weights, embeddings 16, hidden 32, the Multi30k run's SentencePiece model) that ends every
   output at its first step, so that 1M lines take minutes: every line still goes through reading,
@@ -60,10 +61,11 @@ def write_corpus(data: Path, size: int, folder: Path) -> tuple[Path, Path]:
     return paths
 
 
-def first_update(source: str, target: str, data: Path, output: str) -> None:
+def first_update(source: str, target: str, data: Path, output: str, cache: str) -> None:
     """Child: train until the first update is done, then print the seconds it took from the start."""
     from seq2seq import config
     from seq2seq.allocator import reuse_freed_memory, small_kernel_cache
+    from seq2seq.tokenizer import TokenizerCache
     from seq2seq.training import StepsDone, train
 
     start = time.perf_counter()
@@ -77,7 +79,8 @@ def first_update(source: str, target: str, data: Path, output: str) -> None:
         if isinstance(event, StepsDone) and not seconds:
             seconds.append(time.perf_counter() - start)
 
-    train(config.resolve(RECIPE, overrides), output, report=report, should_stop=lambda: "interrupted" if seconds else None)
+    train(config.resolve(RECIPE, overrides), output, report=report, should_stop=lambda: "interrupted" if seconds else None,
+          tokenizer_cache=TokenizerCache(cache))
     print("RESULT " + json.dumps({"first_update_s": seconds[0]}))
 
 
@@ -121,18 +124,19 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="stream through this checkpoint instead of the tiny model")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="translate's --precision")
     parser.add_argument("--skip-training", action="store_true", help="measure the translation only")
-    parser.add_argument("--child-train", nargs=3, metavar=("SOURCE", "TARGET", "OUTPUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-train", nargs=4, metavar=("SOURCE", "TARGET", "OUTPUT", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_train:
-        source, target, output = args.child_train
-        first_update(source, target, args.data, output)
+        source, target, output, cache = args.child_train
+        first_update(source, target, args.data, output, cache)
         return
     if not (args.model or args.tokenizers_from):
         parser.error("give --tokenizers-from (for the tiny model) or --model")
     print(f"threads {os.environ.get('OMP_NUM_THREADS', '2')}")
-    print(f"| pairs / lines | training: first update done, s | training: peak RSS, GiB | translate stdin "
-          f"({args.model or 'tiny model'}, greedy, {args.precision}): wall, s | lines/s | peak RSS, GiB |")
-    print("|---|---|---|---|---|---|", flush=True)
+    print(f"| pairs / lines | training: first update done, s | the same, tokenizer from the cache, s | "
+          f"training: peak RSS, GiB | translate stdin ({args.model or 'tiny model'}, greedy, {args.precision}): "
+          "wall, s | lines/s | peak RSS, GiB |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         model = args.model or folder / "tiny.pt"
@@ -140,16 +144,18 @@ def main() -> None:
             tiny_model(args.tokenizers_from, model)
         for size in args.sizes:  # a row as soon as it is measured: 1M lines take a while
             source, target = write_corpus(args.data, size, folder)
-            first, train_rss = "-", "-"
+            first, cached, train_rss = "-", "-", "-"
             if not args.skip_training:
-                log, _, rss = timed([sys.executable, __file__, "--data", str(args.data), "--child-train",
-                                     str(source), str(target), str(folder / f"run{size}")])
-                first = f"{json.loads(re.search(r'^RESULT (.*)$', log, re.M).group(1))['first_update_s']:.1f}"
-                train_rss = f"{rss:.2f}"
+                runs = [timed([sys.executable, __file__, "--data", str(args.data), "--child-train", str(source),
+                               str(target), str(folder / f"run{size}-{attempt}"), str(folder / f"cache{size}")])
+                        for attempt in ("trained", "cached")]
+                first, cached = (f"{json.loads(re.search(r'^RESULT (.*)$', log, re.M).group(1))['first_update_s']:.1f}"
+                                 for log, _, _ in runs)
+                train_rss = f"{max(rss for _, _, rss in runs):.2f}"
             _, translate_wall, translate_rss = timed([sys.executable, "-m", "seq2seq", "translate", "-m", str(model),
                                                       "--beam-size", "1", "--precision", args.precision, "-q"],
                                                      stdin_path=source)
-            print(f"| {size:,} | {first} | {train_rss} | {translate_wall:.1f} | {size / translate_wall:,.0f} | "
+            print(f"| {size:,} | {first} | {cached} | {train_rss} | {translate_wall:.1f} | {size / translate_wall:,.0f} | "
                   f"{translate_rss:.2f} |", flush=True)
 
 

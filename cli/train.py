@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -13,6 +14,7 @@ from cli.console import SPEAKS, say, say_error, user_errors
 if TYPE_CHECKING:
     from seq2seq.config import Config
     from seq2seq.inspection import TrainingPreview
+    from seq2seq.tokenizer import TokenizerCache
     from seq2seq.training import Finished
 
 # The embedded default: CMUdict grapheme-to-phoneme, shipped in the checkout's data/ folder.
@@ -25,6 +27,7 @@ DEFAULT_CORPUS = {
     "data.valid_target": "cmudict/valid.phones.gz",
 }
 DEFAULT_OUTPUT = Path("runs/cmudict")
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seq2seq"
 
 EPILOG = """\
 \b
@@ -53,6 +56,8 @@ def train(
     vocab_size: Annotated[int | None, Opt(help="SentencePiece vocabulary size.", rich_help_panel="Tokenizer")] = None,
     tokenizer_type: Annotated[str | None, Opt(help="unigram, bpe, char or word.", rich_help_panel="Tokenizer")] = None,
     separate_vocab: Annotated[bool | None, Opt("--separate-vocab/--joint-vocab", help="One tokenizer per side, or one joint one.", show_default=False, rich_help_panel="Tokenizer")] = None,
+    cache_dir: Annotated[Path, Opt(envvar="SEQ2SEQ_CACHE_DIR", help="Keeps trained tokenizers: a later run on the same lines and settings takes them from here.", rich_help_panel="Tokenizer")] = DEFAULT_CACHE,
+    no_cache: Annotated[bool, Opt("--no-cache", help="Train the tokenizer even when the cache holds it, and keep nothing there.", rich_help_panel="Tokenizer")] = False,
     emb_dim: Annotated[int | None, Opt(help="Embedding size.", rich_help_panel="Model")] = None,
     hidden_dim: Annotated[int | None, Opt(help="Decoder LSTM size (the encoder's two directions share it).", rich_help_panel="Model")] = None,
     layers: Annotated[int | None, Opt(help="LSTM layers in encoder and decoder.", rich_help_panel="Model")] = None,
@@ -103,10 +108,11 @@ def train(
             if not (use_default or run_config):
                 raise ConfigError("--output is required when training on your own data")
             output = DEFAULT_OUTPUT
+        cache = None if no_cache or resume else _tokenizer_cache(cache_dir / "tokenizers", writable=not dry_run, quiet=quiet)
         if dry_run:
-            _dry_run(cfg, output, resume=resume, overwrite=overwrite, quiet=quiet)
+            _dry_run(cfg, output, cache, resume=resume, overwrite=overwrite, quiet=quiet)
             return
-        finished = _run(cfg, output, resume=resume, overwrite=overwrite, quiet=quiet)
+        finished = _run(cfg, output, cache, resume=resume, overwrite=overwrite, quiet=quiet)
         if SPEAKS:
             sys.stdout.write(f"{finished.best_path}\n")
 
@@ -119,7 +125,23 @@ def _run_config(output: Path) -> Config | None:
     return configuration.resolve(saved) if saved.is_file() else None
 
 
-def _run(cfg: Config, output: Path, *, resume: bool, overwrite: bool, quiet: bool) -> Finished:
+def _tokenizer_cache(folder: Path, *, writable: bool, quiet: bool) -> TokenizerCache | None:
+    """The tokenizer cache, or none (said in one line) when it cannot be written: a cache never stops a run."""
+    from seq2seq.tokenizer import TokenizerCache
+
+    if writable:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(13, "permission denied")
+        except OSError as error:
+            if not quiet:
+                say(f"{folder}: cannot keep tokenizers there ({error.strerror}); they are trained and not kept")
+            return None
+    return TokenizerCache(folder, writable=writable)
+
+
+def _run(cfg: Config, output: Path, cache: TokenizerCache | None, *, resume: bool, overwrite: bool, quiet: bool) -> Finished:
     """Train with progress on stderr and Ctrl-C/SIGTERM handled; exits unless the run reached its limit."""
     from cli.training_progress import TrainingReporter
     from cli.signals import EXIT_CODES, StopNow, stop_requests
@@ -131,7 +153,7 @@ def _run(cfg: Config, output: Path, *, resume: bool, overwrite: bool, quiet: boo
     try:
         with TrainingReporter(cfg.train, quiet=quiet) as reporter, stop_requests() as stop_request:
             finished = run_training(cfg, output, report=reporter, overwrite=overwrite, resume=resume,
-                                    should_stop=stop_request)
+                                    should_stop=stop_request, tokenizer_cache=cache)
     except StopNow as stop:
         say(f"{stop.reason} again: stopped at once; the checkpoints in {output} are those saved before")
         raise typer.Exit(EXIT_CODES[stop.reason]) from None
@@ -147,7 +169,7 @@ def _run(cfg: Config, output: Path, *, resume: bool, overwrite: bool, quiet: boo
     return finished
 
 
-def _dry_run(cfg: Config, output: Path, *, resume: bool, overwrite: bool, quiet: bool) -> None:
+def _dry_run(cfg: Config, output: Path, cache: TokenizerCache | None, *, resume: bool, overwrite: bool, quiet: bool) -> None:
     """What training would do, as "label  value" lines on stdout (the command's answer, so -q keeps it)."""
     from rich.console import Console
     from rich.text import Text
@@ -156,28 +178,29 @@ def _dry_run(cfg: Config, output: Path, *, resume: bool, overwrite: bool, quiet:
 
     if not quiet:
         say("dry run: reading the data, training the tokenizer and timing a few updates; nothing is written")
-    preview = preview_training(cfg, output, overwrite=overwrite, resume=resume)
-    rows = _preview_rows(preview, cfg, output)
+    preview = preview_training(cfg, output, overwrite=overwrite, resume=resume, tokenizer_cache=cache)
+    rows = _preview_rows(preview, cfg, output, cached=bool(cache and cache.used))
     width = max(len(label) for label, _ in rows) + 2
     console = Console(highlight=False, soft_wrap=True)
     for label, value in rows:
         console.print(Text.assemble((label.ljust(width), "bold"), value))
 
 
-def _preview_rows(preview: TrainingPreview, cfg: Config, output: Path) -> list[tuple[str, str]]:
+def _preview_rows(preview: TrainingPreview, cfg: Config, output: Path, *, cached: bool) -> list[tuple[str, str]]:
     stats, limit, kinds = preview.train, cfg.data.max_length, cfg.tokenizer
 
     def unseen(chars: list[tuple[str, int]]) -> str:
         return ", ".join(f"{char!r} x{count:,}" for char, count in chars) or "none"
 
     run = f"continues after step {preview.resumed_step:,}" if preview.resumed_step else "a new run"
+    vocabulary = (f"{preview.src_vocab:,} pieces, joint ({kinds.model_type})" if preview.joint
+                  else f"{preview.src_vocab:,} source pieces ({kinds.model_type}), {preview.tgt_vocab:,} target pieces "
+                       f"({kinds.target_model_type or kinds.model_type})")
     too_long = f"{stats.too_long:,} skipped as over {limit:,} pieces (data.max_length)" if limit else "no length limit"
     return [
         ("training pairs", f"{preview.train_lines:,} lines: {stats.kept:,} kept, {stats.empty:,} skipped with an empty side, {too_long}"),
         ("validation pairs", f"{preview.valid_lines:,} lines ({preview.valid_empty:,} with an empty side)"),
-        ("vocabulary", f"{preview.src_vocab:,} pieces, joint ({kinds.model_type})" if preview.joint
-                       else f"{preview.src_vocab:,} source pieces ({kinds.model_type}), {preview.tgt_vocab:,} target pieces "
-                            f"({kinds.target_model_type or kinds.model_type})"),
+        ("vocabulary", vocabulary + ("; from the tokenizer cache" if cached else "")),
         ("validation <unk>", f"source {preview.src_unknown:.2%}, target {preview.tgt_unknown:.2%} of pieces"),
         ("unseen characters", f"source {unseen(preview.src_unseen)}; target {unseen(preview.tgt_unseen)} "
                               "(in validation, not in training)"),

@@ -44,6 +44,9 @@ class TrainingReporter:
             say(f"data: {stats.kept:,} training pairs ({stats.empty:,} empty and {stats.too_long:,} too long skipped), "
                 f"{event.valid_pairs:,} validation pairs; vocabulary {event.src_vocab:,} source / {event.tgt_vocab:,} target; "
                 f"{event.parameters:,} parameters; {event.batches_per_epoch:,} batches an epoch")
+            if event.cached_tokenizers:
+                say(f"tokenizer: from the cache ({', '.join(map(str, event.cached_tokenizers))}), trained there before "
+                    "on the same lines and settings")
             if event.resumed_step:
                 say(f"resuming after step {event.resumed_step:,} with the run's own tokenizers, optimizer state and RNG")
         elif isinstance(event, StepsDone):

@@ -22,7 +22,7 @@ from seq2seq.data import Example, FilterStats, collate, encode_pairs, plan_batch
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.model import Seq2Seq
 from seq2seq.optim import build_optimizer
-from seq2seq.tokenizer import UNK_ID, Tokenizer, train_tokenizers
+from seq2seq.tokenizer import UNK_ID, Tokenizer, TokenizerCache, train_tokenizers
 from seq2seq.training import update
 
 UNSEEN_SHOWN = 10  # the most frequent unseen characters a report lists, per side
@@ -57,8 +57,10 @@ class TrainingPreview:
 
 def preview_training(
     cfg: Config, out_dir: str | Path | None = None, *, overwrite: bool = False, resume: bool = False, timed_updates: int = 5,
+    tokenizer_cache: TokenizerCache | None = None,
 ) -> TrainingPreview:
-    """Check cfg.data (and `out_dir`, when given) as `train` would, and measure what can be measured; write nothing."""
+    """Check cfg.data (and `out_dir`, when given) as `train` would, and measure what can be measured; write nothing
+    (give a `tokenizer_cache` that is not writable to look tokenizers up there)."""
     data = cfg.data
     if not (data.source and data.target and data.valid_source and data.valid_target):
         raise ConfigError("training needs data.source, data.target, data.valid_source and data.valid_target")
@@ -68,7 +70,7 @@ def preview_training(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    tokenizers = resumed.checkpoint.tokenizers if resumed else train_tokenizers(src_lines, tgt_lines, cfg.tokenizer)
+    tokenizers = resumed.checkpoint.tokenizers if resumed else train_tokenizers(src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache)
     examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length)
     if not examples:
         raise DataError(f"{data.source}: no usable training pairs ({stats.empty} empty, {stats.too_long} too long)")

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections.abc import Iterable, Sequence
+import json
+from array import array
+from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import NamedTuple
 
 import sentencepiece as spm
 
 from seq2seq.config import TokenizerConfig
 from seq2seq.errors import DataError
+from seq2seq.textio import atomic_write
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPM_SEED = 1
+HASHED_LINES = 100_000  # lines joined per update of the cache key's hash: bounded memory on any corpus
 
 
 class Tokenizer:
@@ -26,29 +32,18 @@ class Tokenizer:
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
 
     @classmethod
-    def train(cls, lines: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
-        """Train a model on `lines` in memory (no files): vocab_size is a soft limit for small corpora."""
-        model = io.BytesIO()
-        spm.set_random_generator_seed(SPM_SEED)  # its sampling of large corpora is then repeatable
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(lines),
-                model_writer=model,
-                vocab_size=cfg.vocab_size,
-                model_type=cfg.model_type,
-                character_coverage=cfg.character_coverage,
-                hard_vocab_limit=False,
-                pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-                input_sentence_size=2_000_000,
-                shuffle_input_sentence=True,
-                # Fixed, not the machine's cores: the model depends on the thread count (1, 2, 4 and 8 threads
-                # gave 4 different Multi30k models), and a corpus should give one tokenizer everywhere.
-                num_threads=2,
-                minloglevel=2,
-            )
-        except RuntimeError as error:
-            raise DataError(f"SentencePiece could not be trained: {error}") from None
-        return cls(model.getvalue())
+    def train(cls, lines: Sequence[str], cfg: TokenizerConfig, cache: TokenizerCache | None = None) -> Tokenizer:
+        """Train a model on `lines` in memory (no files), or take it from `cache` when it was trained there
+        before. vocab_size is a soft limit for small corpora."""
+        options = _trainer_options(cfg)
+        if cache is None:
+            return cls(_sentencepiece_model(lines, options))
+        entry = cache.entry(lines, options)
+        if kept := cache.load(entry):
+            return kept
+        tokenizer = cls(_sentencepiece_model(lines, options))
+        cache.store(entry, tokenizer)
+        return tokenizer
 
     @property
     def vocab_size(self) -> int:
@@ -75,9 +70,81 @@ class Tokenizers(NamedTuple):
         return self.src is self.tgt
 
 
-def train_tokenizers(src_lines: Sequence[str], tgt_lines: Sequence[str], cfg: TokenizerConfig) -> Tokenizers:
+def train_tokenizers(
+    src_lines: Sequence[str], tgt_lines: Sequence[str], cfg: TokenizerConfig, cache: TokenizerCache | None = None
+) -> Tokenizers:
     if cfg.joint:
-        shared = Tokenizer.train([*src_lines, *tgt_lines], cfg)
+        shared = Tokenizer.train([*src_lines, *tgt_lines], cfg, cache)
         return Tokenizers(shared, shared)
     target_cfg = replace(cfg, model_type=cfg.target_model_type or cfg.model_type)
-    return Tokenizers(Tokenizer.train(src_lines, cfg), Tokenizer.train(tgt_lines, target_cfg))
+    return Tokenizers(Tokenizer.train(src_lines, cfg, cache), Tokenizer.train(tgt_lines, target_cfg, cache))
+
+
+def _sentencepiece_model(lines: Sequence[str], options: dict[str, object]) -> bytes:
+    model = io.BytesIO()
+    spm.set_random_generator_seed(SPM_SEED)  # its sampling of large corpora is then repeatable
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, **options)
+    except RuntimeError as error:
+        raise DataError(f"SentencePiece could not be trained: {error}") from None
+    return model.getvalue()
+
+
+def _trainer_options(cfg: TokenizerConfig) -> dict[str, object]:
+    return {
+        "vocab_size": cfg.vocab_size,
+        "model_type": cfg.model_type,
+        "character_coverage": cfg.character_coverage,
+        "hard_vocab_limit": False,
+        "pad_id": PAD_ID, "unk_id": UNK_ID, "bos_id": BOS_ID, "eos_id": EOS_ID,
+        "input_sentence_size": 2_000_000,
+        "shuffle_input_sentence": True,
+        # Fixed, not the machine's cores: the model depends on the thread count (1, 2, 4 and 8 threads
+        # gave 4 different Multi30k models), and a corpus should give one tokenizer everywhere.
+        "num_threads": 2,
+        "minloglevel": 2,
+    }
+
+
+class TokenizerCache:
+    """A folder of trained SentencePiece models, each filed under a hash of all that decides it: the lines,
+    the trainer's options, the seed and SentencePiece's version.
+
+    Training is repeatable (fixed seed and threads), so a model found here is the one training would make
+    again; on a corpus of 1M pairs that spares about a minute of every run after the first. The cache is
+    only a shortcut: a file that cannot be read or parsed is trained again, and one that cannot be stored
+    is left out, without failing the run.
+    """
+
+    def __init__(self, folder: str | Path, *, writable: bool = True) -> None:
+        self.folder = Path(folder)
+        self.writable = writable  # False: look up, never store (a dry run writes nothing)
+        self.used: list[Path] = []  # the files this cache supplied, for the report
+
+    def entry(self, lines: Sequence[str], options: dict[str, object]) -> Path:
+        """Where the model for these lines and options is kept; the lines are hashed with their lengths,
+        so no way of cutting the same text into lines shares a key with another."""
+        recipe = {"sentencepiece": spm.__version__, "seed": SPM_SEED, **options}
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
+        digest.update(array("q", map(len, lines)).tobytes())
+        for start in range(0, len(lines), HASHED_LINES):
+            digest.update("".join(lines[start:start + HASHED_LINES]).encode("utf-8", "surrogatepass"))
+        return self.folder / f"{digest.hexdigest()}.model"
+
+    def load(self, entry: Path) -> Tokenizer | None:
+        try:
+            tokenizer = Tokenizer(entry.read_bytes())
+        except (OSError, RuntimeError):  # absent, unreadable, or not a SentencePiece model
+            return None
+        self.used.append(entry)
+        return tokenizer
+
+    def store(self, entry: Path, tokenizer: Tokenizer) -> None:
+        if not self.writable:
+            return
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(entry, binary=True) as file:
+                file.write(tokenizer.model_proto)
+        except (OSError, DataError):
+            pass  # the next run on these lines trains the model again

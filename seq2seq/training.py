@@ -31,7 +31,7 @@ from seq2seq.model import Seq2Seq
 from seq2seq.optim import LearningRate, build_optimizer
 from seq2seq.runfolder import LoopState
 from seq2seq.textio import atomic_write
-from seq2seq.tokenizer import PAD_ID, Tokenizers, train_tokenizers
+from seq2seq.tokenizer import PAD_ID, TokenizerCache, Tokenizers, train_tokenizers
 from seq2seq.translation import translate_all
 
 LIMITS = ("max_steps", "max_time")
@@ -50,6 +50,7 @@ class DataReady:
     parameters: int
     batches_per_epoch: int
     resumed_step: int    # the step a resumed run continues after; 0 for a new run
+    cached_tokenizers: tuple[Path, ...] = ()  # tokenizer files taken from the cache instead of trained
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,13 @@ class _Run:
 
 def train(
     cfg: Config, out_dir: str | Path, *, report: Report = lambda event: None, overwrite: bool = False,
-    resume: bool = False, should_stop: StopCheck = lambda: None,
+    resume: bool = False, should_stop: StopCheck = lambda: None, tokenizer_cache: TokenizerCache | None = None,
 ) -> Finished:
     """Train from cfg.data into `out_dir` (config.toml, metrics.jsonl, best.pt, last.pt).
 
     `resume` continues the run in `out_dir` from its last.pt with that run's tokenizers, exactly as if it
-    had never stopped. Nothing is written before the folder, the settings and the data have been checked.
+    had never stopped. A new run takes its tokenizers from `tokenizer_cache` when they were trained there on
+    the same lines and settings. Nothing is written before the folder, the settings and the data have been checked.
     Under torchrun every process calls this alike (see `seq2seq.distributed`); only rank 0 writes and reports.
     """
     data = cfg.data
@@ -138,7 +140,7 @@ def train(
         raise ConfigError("training needs data.source, data.target, data.valid_source and data.valid_target")
     with distributed.join(cfg.train.backend, cfg.train.device) as world:
         return _train(cfg, Path(out_dir), world, report if world.is_main else _silent, overwrite=overwrite,
-                      resume=resume, should_stop=should_stop)
+                      resume=resume, should_stop=should_stop, tokenizer_cache=tokenizer_cache)
 
 
 def _silent(event: Event) -> None:
@@ -146,7 +148,8 @@ def _silent(event: Event) -> None:
 
 
 def _train(
-    cfg: Config, out_dir: Path, world: World, report: Report, *, overwrite: bool, resume: bool, should_stop: StopCheck
+    cfg: Config, out_dir: Path, world: World, report: Report, *, overwrite: bool, resume: bool, should_stop: StopCheck,
+    tokenizer_cache: TokenizerCache | None,
 ) -> Finished:
     data = cfg.data
     if "bf16" in (cfg.train.precision, cfg.search.precision):  # search's too, or validation would stop the run
@@ -159,7 +162,7 @@ def _train(
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     tokenizers = resumed.checkpoint.tokenizers if resumed else world.on_main(
-        lambda: train_tokenizers(src_lines, tgt_lines, cfg.tokenizer))
+        lambda: train_tokenizers(src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache))
     examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length)
     if not examples:
         raise DataError(f"{data.source}: no usable training pairs ({stats.empty} empty, {stats.too_long} too long)")
@@ -176,7 +179,8 @@ def _train(
                valid_tgt)
     plan = _epoch_plan(examples, cfg.train, state.epoch, world.size)  # planned once: 1M pairs take seconds
     report(DataReady(stats, len(valid_src), tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
-                     sum(p.numel() for p in model.parameters()), len(plan), state.step))
+                     sum(p.numel() for p in model.parameters()), len(plan), state.step,
+                     tuple(tokenizer_cache.used) if tokenizer_cache else ()))
     return _loop(run, state, plan, report, should_stop)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,15 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # The tensors here are tiny: one thread is fastest, and spinning OpenMP workers on a busy 2-core
 # machine can make a 2 ms forward pass take a second.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_tokenizer_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`seq2seq train` in the suite keeps its tokenizers in a folder of its own, never the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEQ2SEQ_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
 
 SOURCE_WORDS = (
     "the cat sat on a mat while the dog ran far away past big small red blue green houses "

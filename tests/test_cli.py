@@ -74,6 +74,33 @@ def test_training_keeps_onednn_kernel_cache_small(corpus: Path, tmp_path: Path, 
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
 
 
+def test_a_second_run_on_the_same_data_takes_its_tokenizer_from_the_cache(corpus: Path, tmp_path: Path) -> None:
+    from seq2seq import checkpoint
+
+    def run(name: str, *extra: str) -> str:
+        args = [arg for arg in _train_args(corpus, tmp_path / name) if arg != "-q"]
+        result = runner.invoke(app, [*args, "--max-steps", "2", "--cache-dir", str(tmp_path / "cache"), *extra])
+        assert result.exit_code == 0, result.output
+        return result.stderr
+
+    assert "from the cache" not in run("first")
+    [kept] = (tmp_path / "cache" / "tokenizers").iterdir()
+    assert f"tokenizer: from the cache ({kept})" in run("second")
+    assert "from the cache" not in run("third", "--no-cache")
+    assert "from the cache" not in run("fourth", "--vocab-size", "50")
+    assert len(list((tmp_path / "cache" / "tokenizers").iterdir())) == 2
+    protos = {checkpoint.load(tmp_path / name / "best.pt").tokenizers.src.model_proto for name in ("first", "second", "third")}
+    assert protos == {kept.read_bytes()}
+
+
+def test_a_cache_folder_that_cannot_be_made_is_one_line_and_training_goes_on(corpus: Path, tmp_path: Path) -> None:
+    (tmp_path / "a file").write_text("in the way")
+    args = [arg for arg in _train_args(corpus, tmp_path / "run") if arg != "-q"]
+    result = runner.invoke(app, [*args, "--max-steps", "2", "--cache-dir", str(tmp_path / "a file")])
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path / 'a file' / 'tokenizers'}: cannot keep tokenizers there" in result.stderr
+
+
 def test_training_into_an_existing_run_is_refused(corpus: Path, trained: Path) -> None:
     result = runner.invoke(app, _train_args(corpus, trained))
     assert result.exit_code == 2

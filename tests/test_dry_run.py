@@ -52,6 +52,19 @@ def test_dry_run_prints_counts_and_creates_no_run_folder(files: dict[str, Path],
     assert not (tmp_path / "runs").exists()
 
 
+def test_dry_run_reads_the_tokenizer_cache_and_never_writes_it(files: dict[str, Path], tmp_path: Path) -> None:
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    first = runner.invoke(app, [*_args(files, tmp_path / "dry"), *cache])
+    assert first.exit_code == 0, first.output
+    assert "from the tokenizer cache" not in first.stdout
+    assert not (tmp_path / "cache").exists()
+    real = [arg for arg in _args(files, tmp_path / "run") if arg != "--dry-run"]
+    assert runner.invoke(app, [*real, *cache, "--max-steps", "1", "-q"]).exit_code == 0
+    second = runner.invoke(app, [*_args(files, tmp_path / "dry"), *cache])
+    assert second.exit_code == 0, second.output
+    assert "; from the tokenizer cache" in second.stdout
+
+
 def test_dry_run_refuses_parallel_files_of_different_lengths(files: dict[str, Path], tmp_path: Path) -> None:
     files["target"].write_text("ONE\nTWO\n", encoding="utf-8")
     result = runner.invoke(app, [*_args(files, tmp_path / "run"), "-q"])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
+import sentencepiece as spm
 
 from seq2seq.config import TokenizerConfig
 from seq2seq.errors import DataError
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, Tokenizers, train_tokenizers
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerCache, Tokenizers, train_tokenizers
 
 SPECIAL_PIECES = ["<pad>", "<unk>", "<s>", "</s>"]
 
@@ -93,3 +97,75 @@ def test_the_vocabulary_size_is_a_soft_limit_for_small_corpora() -> None:
     tokenizer = Tokenizer.train(["a b", "b a"], TokenizerConfig(vocab_size=60))
     assert 4 < tokenizer.vocab_size < 60
     assert tokenizer.decode(tokenizer.encode(["b a a"])) == ["b a a"]
+
+
+def _refuse_to_train(**options: object) -> None:
+    raise AssertionError("SentencePiece was asked to train a model the cache holds")
+
+
+def test_a_cached_model_is_the_one_training_makes_and_is_not_trained_again(
+    corpus: tuple[list[str], list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = TokenizerConfig(vocab_size=60)
+    first = TokenizerCache(tmp_path)
+    trained = Tokenizer.train(corpus[0], cfg, first)
+    [entry] = tmp_path.glob("*.model")
+    assert first.used == []
+    assert trained.model_proto == Tokenizer.train(corpus[0], cfg).model_proto == entry.read_bytes()
+
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", _refuse_to_train)
+    second = TokenizerCache(tmp_path)
+    assert Tokenizer.train(corpus[0], cfg, second).model_proto == trained.model_proto
+    assert second.used == [entry]
+
+
+def test_separate_tokenizers_are_kept_one_file_per_side(corpus: tuple[list[str], list[str]], tmp_path: Path) -> None:
+    cfg = TokenizerConfig(vocab_size=60, joint=False)
+    train_tokenizers(*corpus, cfg, TokenizerCache(tmp_path))
+    again = TokenizerCache(tmp_path)
+    train_tokenizers(*corpus, cfg, again)
+    assert len(set(again.used)) == 2 and set(again.used) == set(tmp_path.glob("*.model"))
+
+
+def test_everything_that_decides_a_model_decides_its_entry(
+    corpus: tuple[list[str], list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lines, cfg = corpus[0][:100], TokenizerConfig(vocab_size=60)
+    cut_elsewhere = [lines[0][:-1], lines[0][-1] + lines[1], *lines[2:]]  # the same text in as many lines
+    variants = [(lines, cfg), (cut_elsewhere, cfg), ([*lines, lines[0]], cfg), (lines, replace(cfg, vocab_size=50)),
+                (lines, replace(cfg, model_type="bpe")), (lines, replace(cfg, character_coverage=0.99))]
+    cache = TokenizerCache(tmp_path)
+    for variant_lines, variant_cfg in variants:
+        Tokenizer.train(variant_lines, variant_cfg, cache)
+    assert len(list(tmp_path.glob("*.model"))) == len(variants)
+    monkeypatch.setattr(spm, "__version__", "0.0.1")
+    Tokenizer.train(lines, cfg, cache)
+    assert len(list(tmp_path.glob("*.model"))) == len(variants) + 1
+    assert cache.used == []
+
+
+def test_a_damaged_cache_file_is_trained_again_and_replaced(corpus: tuple[list[str], list[str]], tmp_path: Path) -> None:
+    cfg = TokenizerConfig(vocab_size=60)
+    good = Tokenizer.train(corpus[0], cfg, TokenizerCache(tmp_path))
+    [entry] = tmp_path.glob("*.model")
+    entry.write_bytes(b"not a model")
+    cache = TokenizerCache(tmp_path)
+    assert Tokenizer.train(corpus[0], cfg, cache).model_proto == good.model_proto
+    assert cache.used == [] and entry.read_bytes() == good.model_proto
+
+
+def test_a_read_only_cache_is_consulted_but_never_written(corpus: tuple[list[str], list[str]], tmp_path: Path) -> None:
+    cfg = TokenizerConfig(vocab_size=60)
+    Tokenizer.train(corpus[0], cfg, TokenizerCache(tmp_path, writable=False))
+    assert list(tmp_path.iterdir()) == []
+    Tokenizer.train(corpus[0], cfg, TokenizerCache(tmp_path))
+    reader = TokenizerCache(tmp_path, writable=False)
+    Tokenizer.train(corpus[0], cfg, reader)
+    assert reader.used == list(tmp_path.glob("*.model"))
+
+
+def test_a_cache_that_cannot_be_written_does_not_stop_training(corpus: tuple[list[str], list[str]], tmp_path: Path) -> None:
+    blocked = tmp_path / "a file"
+    blocked.write_text("in the way")
+    tokenizer = Tokenizer.train(corpus[0], TokenizerConfig(vocab_size=60), TokenizerCache(blocked / "tokenizers"))
+    assert tokenizer.decode(tokenizer.encode(corpus[0][:5])) == corpus[0][:5]
