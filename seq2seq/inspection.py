@@ -18,7 +18,7 @@ import torch
 
 from seq2seq import checkpoint, devices, runfolder
 from seq2seq.config import Config, TrainConfig
-from seq2seq.data import Example, FilterStats, collate, encode_pairs, plan_batches, read_parallel
+from seq2seq.data import Examples, FilterStats, collate, encode_pairs, plan_batches, read_parallel
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.model import Seq2Seq
 from seq2seq.optim import build_optimizer
@@ -104,7 +104,7 @@ def unseen_characters(train_lines: Sequence[str], valid_lines: Sequence[str]) ->
     return counts.most_common(UNSEEN_SHOWN)
 
 
-def _time_updates(model: Seq2Seq, examples: list[Example], plan: list[list[int]], settings: TrainConfig, count: int) -> float:
+def _time_updates(model: Seq2Seq, examples: Examples, plan: list[list[int]], settings: TrainConfig, count: int) -> float:
     """Mean seconds of `count` real updates on batches spread from the epoch's smallest to its largest.
 
     Batch cost varies with sentence length (a recurrent decoder runs one step per target position), so

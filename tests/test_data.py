@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 import re
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
-from seq2seq.data import Example, collate, encode_pairs, pad, plan_batches, read_parallel
+from seq2seq import data
+from seq2seq.data import Example, Examples, collate, encode_pairs, pad, plan_batches, read_parallel
 from seq2seq.errors import DataError
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
 
@@ -35,7 +37,7 @@ def random_examples(count: int, *, seed: int, max_len: int = 30) -> list[Example
 
 
 def plan(examples: list[Example], *, batch_tokens: int, seed: int) -> list[list[int]]:
-    return plan_batches(examples, batch_tokens=batch_tokens, generator=torch.Generator().manual_seed(seed))
+    return plan_batches(Examples.of(examples), batch_tokens=batch_tokens, generator=torch.Generator().manual_seed(seed))
 
 
 def padded_cost(examples: list[Example]) -> int:
@@ -74,7 +76,7 @@ def test_encode_pairs_skips_empty_and_too_long_pairs_and_counts_them() -> None:
     assert (stats.kept, stats.empty, stats.too_long) == (2, 2, 2)
     a, b, e, f, g = (words.ids[w] for w in "abefg")
     x, y, u, v, w = (words.ids[w] for w in "xyuvw")
-    assert examples == [Example([a, b, EOS_ID], [x, y]), Example([e, f, g, EOS_ID], [u, v, w])]
+    assert list(examples) == [Example([a, b, EOS_ID], [x, y]), Example([e, f, g, EOS_ID], [u, v, w])]
 
 
 def test_encode_pairs_with_max_length_zero_keeps_long_pairs() -> None:
@@ -82,6 +84,42 @@ def test_encode_pairs_with_max_length_zero_keeps_long_pairs() -> None:
     examples, stats = encode_pairs(["a " * 500], ["b " * 400], Tokenizers(words, words), max_length=0)
     assert stats.kept == 1 and stats.too_long == 0
     assert len(examples[0].src) == 501 and len(examples[0].tgt) == 400
+
+
+def test_packed_examples_give_back_what_was_packed() -> None:
+    pairs = random_examples(50, seed=6)
+    examples = Examples.of(pairs)
+
+    assert len(examples) == 50
+    assert list(examples) == pairs and examples[-1] == pairs[-1] and examples[10:13] == pairs[10:13]
+    src_lens, tgt_lens = examples.lengths()
+    assert src_lens.tolist() == [len(p.src) for p in pairs] and tgt_lens.tolist() == [len(p.tgt) for p in pairs]
+    with pytest.raises(IndexError):
+        examples[50]
+
+
+def test_encoding_in_parts_gives_the_same_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    src = ["a b", "", "c", "a b c d e", "d", "e f g", "g f", "a"] * 3
+    tgt = ["x y", "x", "", "x", "v w x y z", "u v w", "y", "z z"] * 3
+    words = WordIds()
+    whole, whole_stats = encode_pairs(src, tgt, Tokenizers(words, words), max_length=3)
+    monkeypatch.setattr(data, "ENCODED_AT_ONCE", 3)
+    parts, parts_stats = encode_pairs(src, tgt, Tokenizers(words, words), max_length=3)
+    assert list(parts) == list(whole) and parts_stats == whole_stats
+    assert whole_stats.kept == 12
+
+
+def test_encoded_examples_keep_about_4_bytes_an_id() -> None:
+    """Lists of Python ints would keep about 36 bytes an id (1 GB for 1M Multi30k pairs)."""
+    src = [" ".join(f"w{(i * 7 + j) % 5000}" for j in range(i % 20 + 1)) for i in range(20_000)]
+    words = WordIds()
+    words.encode(src)  # the stand-in's own dictionary is not the examples' memory
+    tracemalloc.start()
+    examples, _ = encode_pairs(src, src, Tokenizers(words, words), max_length=0)
+    kept, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    ids = sum(len(example.src) + len(example.tgt) for example in examples)
+    assert kept < 10 * ids, (kept, ids)
 
 
 def test_collate_pads_and_lays_out_bos_and_eos() -> None:
