@@ -27,7 +27,6 @@ DEFAULT_CORPUS = {
     "data.valid_target": "cmudict/valid.phones.gz",
 }
 DEFAULT_OUTPUT = Path("runs/cmudict")
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seq2seq"
 
 EPILOG = """\
 \b
@@ -56,7 +55,7 @@ def train(
     vocab_size: Annotated[int | None, Opt(help="SentencePiece vocabulary size.", rich_help_panel="Tokenizer")] = None,
     tokenizer_type: Annotated[str | None, Opt(help="unigram, bpe, char or word.", rich_help_panel="Tokenizer")] = None,
     separate_vocab: Annotated[bool | None, Opt("--separate-vocab/--joint-vocab", help="One tokenizer per side, or one joint one.", show_default=False, rich_help_panel="Tokenizer")] = None,
-    cache_dir: Annotated[Path, Opt(envvar="SEQ2SEQ_CACHE_DIR", help="Keeps trained tokenizers: a later run on the same lines and settings takes them from here.", rich_help_panel="Tokenizer")] = DEFAULT_CACHE,
+    cache_dir: Annotated[Path | None, Opt(envvar="SEQ2SEQ_CACHE_DIR", help="Keeps trained tokenizers: a later run on the same lines and settings takes them from here.", show_default="$XDG_CACHE_HOME/seq2seq, or ~/.cache/seq2seq", rich_help_panel="Tokenizer")] = None,
     no_cache: Annotated[bool, Opt("--no-cache", help="Train the tokenizer even when the cache holds it, and keep nothing there.", rich_help_panel="Tokenizer")] = False,
     emb_dim: Annotated[int | None, Opt(help="Embedding size.", rich_help_panel="Model")] = None,
     hidden_dim: Annotated[int | None, Opt(help="Decoder LSTM size (the encoder's two directions share it).", rich_help_panel="Model")] = None,
@@ -108,7 +107,7 @@ def train(
             if not (use_default or run_config):
                 raise ConfigError("--output is required when training on your own data")
             output = DEFAULT_OUTPUT
-        cache = None if no_cache or resume else _tokenizer_cache(cache_dir / "tokenizers", writable=not dry_run, quiet=quiet)
+        cache = None if no_cache or resume else _tokenizer_cache(cache_dir, writable=not dry_run, quiet=quiet)
         if dry_run:
             _dry_run(cfg, output, cache, resume=resume, overwrite=overwrite, quiet=quiet)
             return
@@ -125,10 +124,16 @@ def _run_config(output: Path) -> Config | None:
     return configuration.resolve(saved) if saved.is_file() else None
 
 
-def _tokenizer_cache(folder: Path, *, writable: bool, quiet: bool) -> TokenizerCache | None:
+def _tokenizer_cache(cache_dir: Path | None, *, writable: bool, quiet: bool) -> TokenizerCache | None:
     """The tokenizer cache, or none (said in one line) when it cannot be written: a cache never stops a run."""
     from seq2seq.tokenizer import TokenizerCache
 
+    try:
+        folder = (cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seq2seq") / "tokenizers"
+    except RuntimeError:  # no home folder to be found: nowhere to keep them by default
+        if not quiet:
+            say("no home folder and no --cache-dir: tokenizers are trained and not kept")
+        return None
     if writable:
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -101,6 +101,25 @@ def test_a_cache_folder_that_cannot_be_made_is_one_line_and_training_goes_on(cor
     assert f"{tmp_path / 'a file' / 'tokenizers'}: cannot keep tokenizers there" in result.stderr
 
 
+def test_the_default_cache_is_under_xdg_cache_home_and_a_missing_home_only_skips_it(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SEQ2SEQ_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    args = [arg for arg in _train_args(corpus, tmp_path / "run") if arg != "-q"]
+    assert runner.invoke(app, [*args, "--max-steps", "1"]).exit_code == 0
+    assert len(list((tmp_path / "xdg" / "seq2seq" / "tokenizers").glob("*.model"))) == 1
+
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    def no_home(cls: type[Path]) -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    homeless = runner.invoke(app, [*args, "--max-steps", "1", "--output", str(tmp_path / "homeless")])
+    assert homeless.exit_code == 0, homeless.output
+    assert "no home folder and no --cache-dir: tokenizers are trained and not kept" in homeless.stderr
+
+
 def test_training_into_an_existing_run_is_refused(corpus: Path, trained: Path) -> None:
     result = runner.invoke(app, _train_args(corpus, trained))
     assert result.exit_code == 2
