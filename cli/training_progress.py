@@ -9,9 +9,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from cli.console import err, say
 from seq2seq.config import TrainConfig
-from seq2seq.training import COMPLETE, DataReady, Event, Finished, NonFinite, StepsDone, Validated
+from seq2seq.training import COMPLETE, DataReady, Event, Finished, NonFinite, Preparing, StepsDone, Validated
 
 BAR_UNITS = 1000  # the bar tracks whichever limit (steps or minutes) is nearer
+STAGES = {
+    "tokenizer": "preparing the tokenizer ({pairs:,} pairs)",
+    "encoding": "encoding {pairs:,} pairs",
+    "planning": "planning batches ({pairs:,} pairs)",
+}
 
 
 class TrainingReporter:
@@ -39,14 +44,19 @@ class TrainingReporter:
     def __call__(self, event: Event) -> None:
         if self.quiet:
             return
-        if isinstance(event, DataReady):
+        if isinstance(event, Preparing):
+            line = STAGES[event.stage].format(pairs=event.pairs)
+            self.progress.update(self.task, description=line)
+            if not self.live:
+                say(line)
+        elif isinstance(event, DataReady):
             stats = event.train
-            say(f"data: {stats.kept:,} training pairs ({stats.empty:,} empty and {stats.too_long:,} too long skipped), "
-                f"{event.valid_pairs:,} validation pairs; vocabulary {event.src_vocab:,} source / {event.tgt_vocab:,} target; "
-                f"{event.parameters:,} parameters; {event.batches_per_epoch:,} batches an epoch")
             if event.cached_tokenizers:
                 say(f"tokenizer: from the cache ({', '.join(map(str, event.cached_tokenizers))}), trained there before "
                     "on the same lines and settings")
+            say(f"data: {stats.kept:,} training pairs ({stats.empty:,} empty and {stats.too_long:,} too long skipped), "
+                f"{event.valid_pairs:,} validation pairs; vocabulary {event.src_vocab:,} source / {event.tgt_vocab:,} target; "
+                f"{event.parameters:,} parameters; {event.batches_per_epoch:,} batches an epoch")
             if event.resumed_step:
                 say(f"resuming after step {event.resumed_step:,} with the run's own tokenizers, optimizer state and RNG")
         elif isinstance(event, StepsDone):

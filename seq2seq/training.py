@@ -42,6 +42,14 @@ STOP_RANKING = ("", "interrupted", "terminated", "max_time", "max_steps")
 
 
 @dataclass(frozen=True)
+class Preparing:
+    """A stage of the start, before the first update: on 1M pairs the start takes from 20 s to over a minute."""
+
+    stage: str   # "tokenizer" (trained, or taken from the cache), "encoding" or "planning"
+    pairs: int   # the training pairs it works on
+
+
+@dataclass(frozen=True)
 class DataReady:
     train: FilterStats
     valid_pairs: int
@@ -101,7 +109,7 @@ class Finished:
     elapsed: float
 
 
-Event = DataReady | StepsDone | NonFinite | Validated | Finished
+Event = Preparing | DataReady | StepsDone | NonFinite | Validated | Finished
 Report = Callable[[Event], None]
 StopCheck = Callable[[], "str | None"]
 
@@ -161,8 +169,11 @@ def _train(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
+    if not resumed:
+        report(Preparing("tokenizer", len(src_lines)))
     tokenizers = resumed.checkpoint.tokenizers if resumed else world.on_main(
         lambda: train_tokenizers(src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache))
+    report(Preparing("encoding", len(src_lines)))
     examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length)
     del src_lines, tgt_lines  # never read again; 1M pairs of text hold 0.3 GB
     if not examples:
@@ -178,6 +189,7 @@ def _train(
         world.on_main(lambda: _write_metrics(out_dir / "metrics.jsonl", state.history))
     run = _Run(cfg, out_dir, world, tokenizers, model, network, optimizer, rate, examples, valid_examples, valid_src,
                valid_tgt)
+    report(Preparing("planning", len(examples)))
     plan = _epoch_plan(examples, cfg.train, state.epoch, world.size)  # planned once: 1M pairs take seconds
     report(DataReady(stats, len(valid_src), tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
                      sum(p.numel() for p in model.parameters()), len(plan), state.step,

@@ -83,11 +83,13 @@ def test_a_second_run_on_the_same_data_takes_its_tokenizer_from_the_cache(corpus
         assert result.exit_code == 0, result.output
         return result.stderr
 
-    assert "from the cache" not in run("first")
+    first = run("first")
+    assert "tokenizer: from the cache" not in first
+    assert "preparing the tokenizer (300 pairs)\nencoding 300 pairs\nplanning batches (300 pairs)\n" in first
     [kept] = (tmp_path / "cache" / "tokenizers").iterdir()
     assert f"tokenizer: from the cache ({kept})" in run("second")
-    assert "from the cache" not in run("third", "--no-cache")
-    assert "from the cache" not in run("fourth", "--vocab-size", "50")
+    assert "tokenizer: from the cache" not in run("third", "--no-cache")
+    assert "tokenizer: from the cache" not in run("fourth", "--vocab-size", "50")
     assert len(list((tmp_path / "cache" / "tokenizers").iterdir())) == 2
     protos = {checkpoint.load(tmp_path / name / "best.pt").tokenizers.src.model_proto for name in ("first", "second", "third")}
     assert protos == {kept.read_bytes()}

@@ -54,6 +54,16 @@ def test_a_run_writes_its_config_metrics_and_two_checkpoints(run, config: Config
     assert resolve(out / "config.toml") == config, "config.toml is the run's whole config and reloads as it"
 
 
+def test_the_start_is_reported_stage_by_stage_until_the_data_is_ready(run) -> None:
+    _, events = run
+    ready = next(i for i, event in enumerate(events) if isinstance(event, training.DataReady))
+    stats = events[ready].train
+    lines = stats.kept + stats.empty + stats.too_long
+    assert events[:ready] == [training.Preparing("tokenizer", lines),
+                              training.Preparing("encoding", lines), training.Preparing("planning", stats.kept)]
+    assert not any(isinstance(event, training.Preparing) for event in events[ready:])
+
+
 def test_metrics_hold_one_json_line_per_validation(run) -> None:
     out, events = run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
