@@ -133,10 +133,10 @@ def main() -> None:
     if not (args.model or args.tokenizers_from):
         parser.error("give --tokenizers-from (for the tiny model) or --model")
     print(f"threads {os.environ.get('OMP_NUM_THREADS', '2')}")
-    print(f"| pairs / lines | training: first update done, s | the same, tokenizer from the cache, s | "
-          f"training: peak RSS, GiB | translate stdin ({args.model or 'tiny model'}, greedy, {args.precision}): "
+    print(f"| pairs / lines | training: first update done, s | peak RSS, GiB | the same, tokenizer from the cache, s | "
+          f"peak RSS, GiB | translate stdin ({args.model or 'tiny model'}, greedy, {args.precision}): "
           "wall, s | lines/s | peak RSS, GiB |")
-    print("|---|---|---|---|---|---|---|", flush=True)
+    print("|---|---|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         model = args.model or folder / "tiny.pt"
@@ -144,18 +144,19 @@ def main() -> None:
             tiny_model(args.tokenizers_from, model)
         for size in args.sizes:  # a row as soon as it is measured: 1M lines take a while
             source, target = write_corpus(args.data, size, folder)
-            first, cached, train_rss = "-", "-", "-"
+            columns = ["-"] * 4  # first update and peak RSS: tokenizer trained, then from the cache
             if not args.skip_training:
                 runs = [timed([sys.executable, __file__, "--data", str(args.data), "--child-train", str(source),
                                str(target), str(folder / f"run{size}-{attempt}"), str(folder / f"cache{size}")])
                         for attempt in ("trained", "cached")]
-                first, cached = (f"{json.loads(re.search(r'^RESULT (.*)$', log, re.M).group(1))['first_update_s']:.1f}"
-                                 for log, _, _ in runs)
-                train_rss = f"{max(rss for _, _, rss in runs):.2f}"
+                columns = []
+                for log, _, rss in runs:
+                    result = json.loads(re.search(r"^RESULT (.*)$", log, re.M).group(1))
+                    columns += [f"{result['first_update_s']:.1f}", f"{rss:.2f}"]
             _, translate_wall, translate_rss = timed([sys.executable, "-m", "seq2seq", "translate", "-m", str(model),
                                                       "--beam-size", "1", "--precision", args.precision, "-q"],
                                                      stdin_path=source)
-            print(f"| {size:,} | {first} | {cached} | {train_rss} | {translate_wall:.1f} | {size / translate_wall:,.0f} | "
+            print(f"| {size:,} | {' | '.join(columns)} | {translate_wall:.1f} | {size / translate_wall:,.0f} | "
                   f"{translate_rss:.2f} |", flush=True)
 
 
