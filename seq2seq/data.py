@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, overload
@@ -33,13 +33,6 @@ class Examples(Sequence[Example]):
     def __init__(self) -> None:
         self._src, self._tgt = array("i"), array("i")
         self._src_ends, self._tgt_ends = array("q", [0]), array("q", [0])
-
-    @classmethod
-    def of(cls, examples: Iterable[Example]) -> Examples:
-        packed = cls()
-        for example in examples:
-            packed.append(example.src, example.tgt)
-        return packed
 
     def append(self, src: Sequence[int], tgt: Sequence[int]) -> None:
         self._src.extend(src)

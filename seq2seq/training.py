@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -172,7 +173,7 @@ def _train(
     if not resumed:
         report(Preparing("tokenizer", len(src_lines)))
     tokenizers = resumed.checkpoint.tokenizers if resumed else world.on_main(
-        lambda: train_tokenizers(src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache))
+        partial(train_tokenizers, src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache))
     report(Preparing("encoding", len(src_lines)))
     examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length)
     del src_lines, tgt_lines  # never read again; 1M pairs of text hold 0.3 GB

@@ -36,8 +36,15 @@ def random_examples(count: int, *, seed: int, max_len: int = 30) -> list[Example
     ]
 
 
+def packed(pairs: list[Example]) -> Examples:
+    examples = Examples()
+    for pair in pairs:
+        examples.append(pair.src, pair.tgt)
+    return examples
+
+
 def plan(examples: list[Example], *, batch_tokens: int, seed: int) -> list[list[int]]:
-    return plan_batches(Examples.of(examples), batch_tokens=batch_tokens, generator=torch.Generator().manual_seed(seed))
+    return plan_batches(packed(examples), batch_tokens=batch_tokens, generator=torch.Generator().manual_seed(seed))
 
 
 def padded_cost(examples: list[Example]) -> int:
@@ -88,7 +95,7 @@ def test_encode_pairs_with_max_length_zero_keeps_long_pairs() -> None:
 
 def test_packed_examples_give_back_what_was_packed() -> None:
     pairs = random_examples(50, seed=6)
-    examples = Examples.of(pairs)
+    examples = packed(pairs)
 
     assert len(examples) == 50
     assert list(examples) == pairs and examples[-1] == pairs[-1] and examples[10:13] == pairs[10:13]
