@@ -6,7 +6,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, overload
+from typing import NamedTuple, TypeVar, overload
 
 import torch
 
@@ -14,6 +14,8 @@ from seq2seq.errors import DataError
 from seq2seq.textio import read_lines
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
 
+
+Shared = TypeVar("Shared")  # what `share` splits: a batch's example numbers, or its examples
 
 ENCODED_AT_ONCE = 100_000  # lines per SentencePiece call in `encode_pairs`; their lists are packed before the next
 
@@ -166,7 +168,7 @@ def plan_batches(examples: Examples, *, batch_tokens: int, generator: torch.Gene
     return [batches[i] for i in shuffled]
 
 
-def share(batch: Sequence[int], *, rank: int, ranks: int) -> list[int]:
+def share(batch: Sequence[Shared], *, rank: int, ranks: int) -> list[Shared]:
     """Rank `rank`'s part of a planned batch when `ranks` processes train on it together.
 
     A batch's examples sit in length order, so every ranks-th one from `rank` on gives each rank a part of

@@ -262,9 +262,10 @@ def _part(run: _Run, batch: list[int]) -> tuple[Batch, int, bool]:
     """This rank's part of a planned batch (example indices), the target tokens of the whole batch, and whether
     the part is a stand-in: a rank whose share is empty trains on the batch's first example at weight 0, so
     that it still takes part in DDP's gradient averaging."""
-    mine = share(batch, rank=run.world.rank, ranks=run.world.size)
-    tokens = sum(len(run.examples[i].tgt) + 1 for i in batch)  # target pieces + EOS, every rank's share
-    return collate([run.examples[i] for i in mine or batch[:1]]).to(run.world.device), tokens, not mine
+    pairs = [run.examples[i] for i in batch]  # unpacked once, for the count and for this rank's part
+    tokens = sum(len(pair.tgt) + 1 for pair in pairs)  # target pieces + EOS, every rank's share
+    mine = share(pairs, rank=run.world.rank, ranks=run.world.size)
+    return collate(mine or pairs[:1]).to(run.world.device), tokens, not mine
 
 
 def update(
