@@ -54,7 +54,7 @@ def translate(
     max_length_constant: Annotated[int | None, Opt(help="The constant of the length limit. [default: 10]", show_default=False, rich_help_panel="Search")] = None,
     min_length: Annotated[int | None, Opt(help="No EOS before this many pieces. [default: 0]", show_default=False, rich_help_panel="Search")] = None,
     precision: Annotated[str | None, Opt(help="fp32, or bf16 for speed on CPUs with bf16 units. [default: fp32]", show_default=False, rich_help_panel="Search")] = None,
-    quantize: Annotated[str | None, Opt(help="int8: int8 weights for the linear layers and the encoder (faster on CPU), or none. [default: none]", show_default=False, rich_help_panel="Search")] = None,
+    quantize: Annotated[str | None, Opt(help="int8: int8 weights for the decoder's linear layers (faster on CPU), or none. [default: none]", show_default=False, rich_help_panel="Search")] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda (auto: the GPU when CUDA is available; int8 runs on the CPU).", rich_help_panel="Search")] = "auto",
     nbest: Annotated[int, Opt(min=1, help="Print the N best as `id ||| hypothesis ||| score` (Moses format, 0-based id).", rich_help_panel="Output")] = 1,
     scores: Annotated[bool, Opt("--scores", help="Append a tab and the score to each translation.", rich_help_panel="Output")] = False,

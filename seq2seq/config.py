@@ -91,7 +91,7 @@ class SearchConfig:
     max_length_constant: int = 10
     min_length: int = 0                # no EOS before this many target pieces
     precision: str = "fp32"            # fp32 | bf16 (autocast: faster on CPUs with bf16 units)
-    quantize: str = "none"             # none | int8 (dynamic int8 weights for linear layers and the encoder; fp32 activations)
+    quantize: str = "none"             # none | int8 (int8 weights for the decoder's linear layers; fp32 between products)
 
 
 @dataclass(frozen=True)

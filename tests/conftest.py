@@ -103,11 +103,12 @@ def make_model() -> ModelFactory:
     def build(
         *, src_vocab: int = 20, tgt_vocab: int = 20, attention: str = "bahdanau", layers: int = 1,
         input_feeding: bool = True, emb_dim: int = 16, hidden_dim: int = 32, seed: int = 0, scale: float = 0.1,
-        cell: str = "lstm",
+        cell: str = "lstm", **options: object,
     ) -> Seq2Seq:
         torch.manual_seed(seed)
         cfg = ModelConfig(cell=cell, emb_dim=emb_dim, hidden_dim=hidden_dim, layers=layers, attention=attention,
-                          input_feeding=input_feeding, embedding_dropout=0.2, layer_dropout=0.2, output_dropout=0.2)
+                          input_feeding=input_feeding, embedding_dropout=0.2, layer_dropout=0.2, output_dropout=0.2,
+                          **options)
         model = Seq2Seq(src_vocab, tgt_vocab, cfg)
         if scale != 0.1:
             with torch.no_grad():
