@@ -95,7 +95,7 @@ def test_an_int8_step_for_a_sentence_does_not_depend_on_the_rest_of_its_batch(ma
     {"cell": "rnn", "attention": "none", "input_feeding": False, "decoder_init": "zeros"},
     {"attention": "luong-dot", "tie_output": True, "emb_dim": 32},
 ])
-def test_every_int8_layer_s_input_stays_inside_its_fixed_range(make_model, options: dict) -> None:
+def test_every_int8_layer_input_stays_inside_its_fixed_range(make_model, options: dict) -> None:
     """The ranges are the architecture's own (tanh-bounded states, averages of them, the embedding table):
     translating with a wide, far from uniform model never leaves them."""
     model = make_model(scale=2.0, **options)
