@@ -51,7 +51,8 @@ class Clock:
 
 
 def _is_product(module: nn.Module) -> bool:
-    return hasattr(module, "in_features") or isinstance(module, nn.RNNBase) or type(module).__name__ in {"LSTM", "GRU"}
+    """A linear layer (fp32, `Int8Linear` or torch's dynamic int8) or the encoder's RNN (always fp32)."""
+    return hasattr(module, "in_features") or isinstance(module, nn.RNNBase)
 
 
 def instrument(model: nn.Module, clock: Clock) -> None:
