@@ -56,6 +56,7 @@ def translate(
     precision: Annotated[str | None, Opt(help="fp32, or bf16 for speed on CPUs with bf16 units. [default: fp32]", show_default=False, rich_help_panel="Search")] = None,
     quantize: Annotated[str | None, Opt(help="int8: int8 weights for the decoder's linear layers (faster on CPU), or none. [default: none]", show_default=False, rich_help_panel="Search")] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda (auto: the GPU when CUDA is available; int8 runs on the CPU).", rich_help_panel="Search")] = "auto",
+    workers: Annotated[int, Opt(min=0, help="Processes translating batches side by side on the CPU, its cores shared among them; 0 = one per core (up to 8) on Linux, else 1. A GPU translates in one.", rich_help_panel="Search")] = 0,
     nbest: Annotated[int, Opt(min=1, help="Print the N best as `id ||| hypothesis ||| score` (Moses format, 0-based id).", rich_help_panel="Output")] = 1,
     scores: Annotated[bool, Opt("--scores", help="Append a tab and the score to each translation.", rich_help_panel="Output")] = False,
     alignment: Annotated[bool, Opt("--alignment", help="Follow each translation with ` ||| ` and its hard alignment: 0-based `source-target` piece index pairs (Marian style).", rich_help_panel="Output")] = False,
@@ -96,7 +97,7 @@ def translate(
         name = display_name(input_path)
         results = run_translation(
             loaded.model, loaded.tokenizers, lines, search, nbest=nbest, chunk_lines=1 if interactive else None,
-            attention=alignment or attention_plot is not None, max_source_pieces=max_source_pieces,
+            attention=alignment or attention_plot is not None, max_source_pieces=max_source_pieces, workers=workers,
             on_cut=lambda number, pieces: warn(f"{name}:{number}: {pieces:,} pieces long; only the first "
                                                f"{max_source_pieces:,} are translated (--max-source-pieces)"))
         draw = _attention_drawer(attention_plot, loaded.tokenizers, input_path)

@@ -7,6 +7,7 @@ recomputed after the search by teacher forcing so that the search itself stays m
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from itertools import islice
 from typing import NamedTuple, TypeVar
@@ -20,6 +21,7 @@ from seq2seq.errors import ConfigError, OutOfMemory
 from seq2seq.model import Memory, Seq2Seq, quantized_int8
 from seq2seq.search import Hypothesis, Narrow, StepFn, beam_search, greedy_search, reorder
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
+from seq2seq.workers import WorkerPool, worker_count
 
 Line = TypeVar("Line")
 Done = TypeVar("Done")
@@ -120,7 +122,7 @@ def _narrowing(model: Seq2Seq, memory: Memory) -> Narrow:
 def translate(
     model: Seq2Seq, tokenizers: Tokenizers, lines: Iterable[str], search: SearchConfig, *,
     nbest: int = 1, chunk_lines: int | None = None, attention: bool = False, max_source_pieces: int = 0,
-    on_cut: Callable[[int, int], None] = lambda number, pieces: None,
+    on_cut: Callable[[int, int], None] = lambda number, pieces: None, workers: int = 1,
 ) -> Iterator[list[Translation]]:
     """Yield the nbest translations of each line, in input order, as soon as its chunk is done.
 
@@ -133,6 +135,8 @@ def translate(
     after `on_cut(line_number, pieces)`: decoding time grows with the source, so one 100,000-character
     line could stall a whole file; cut, it still gets its one output line.
     With `search.quantize = "int8"`, a quantized copy of the model translates; `model` is left as it is.
+    With `workers` above 1, that many forked processes search the batches side by side on the CPU
+    (`seq2seq.workers`; 0 = one per core): the results are the same as one process's, up to rounding.
     """
     # checked now, not when the first line is read
     if attention and model.attention is None:
@@ -144,15 +148,54 @@ def translate(
         devices.require_int8_units()
         model = quantized_int8(model)
     return _translate(model, tokenizers, iter(lines), search, nbest=nbest, chunk_lines=chunk_lines or 8 * search.batch_size,
-                      attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut)
+                      attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut,
+                      workers=worker_count(workers, devices.of(model)))
+
+
+class _Chunk(NamedTuple):
+    """Lines read together: how many, and their batches (each line's number in the chunk, and its pieces)."""
+
+    size: int
+    numbers: list[list[int]]
+    sources: list[list[list[int]]]
+
+
+BatchResult = list[list[tuple[Hypothesis, SourceAttention | None]]]  # per line of a batch, its hypotheses
 
 
 def _translate(
     model: Seq2Seq, tokenizers: Tokenizers, lines: Iterator[str], search: SearchConfig, *,
     nbest: int, chunk_lines: int, attention: bool, max_source_pieces: int, on_cut: Callable[[int, int], None],
+    workers: int,
 ) -> Iterator[list[Translation]]:
     """`translate`'s loop, once its arguments are checked."""
-    lines_before, device = 0, devices.of(model)
+    device = devices.of(model)
+
+    def search_lines(sources: list[list[int]]) -> BatchResult:
+        found = _halving(lambda part: search_batch(model, part, search, nbest=nbest), sources, len, device)
+        looked = (_halving(lambda part: _attention(model, part, search.precision), list(zip(sources, found)),
+                           lambda line: len(line[0]), device)
+                  if attention else [[None] * len(hypotheses) for hypotheses in found])
+        return [list(zip(hypotheses, seen)) for hypotheses, seen in zip(found, looked)]
+
+    chunks = _chunks(tokenizers, lines, search.batch_size, chunk_lines, max_source_pieces, on_cut)
+    for chunk, found in _searched(chunks, search_lines, workers):
+        results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in range(chunk.size)]
+        # one SentencePiece call per chunk: each call has a fixed cost (it starts threads)
+        texts = iter(tokenizers.tgt.decode([hyp.tokens for batch in found for line in batch for hyp, _ in line]))
+        for numbers, batch in zip(chunk.numbers, found):
+            for number, line in zip(numbers, batch):
+                results[number] = [Translation(next(texts), hyp.score, hyp.tokens, seen) for hyp, seen in line]
+        yield from results
+
+
+def _chunks(
+    tokenizers: Tokenizers, lines: Iterator[str], batch_size: int, chunk_lines: int, max_source_pieces: int,
+    on_cut: Callable[[int, int], None],
+) -> Iterator[_Chunk]:
+    """The input, `chunk_lines` at a time, encoded and cut into batches of lines of similar length (empty lines
+    are in no batch)."""
+    lines_before = 0
     while chunk := list(islice(lines, chunk_lines)):
         encoded = tokenizers.src.encode(chunk)
         for offset, ids in enumerate(encoded):
@@ -160,21 +203,54 @@ def _translate(
                 on_cut(lines_before + offset + 1, len(ids))
                 encoded[offset] = ids[:max_source_pieces]
         lines_before += len(chunk)
-        results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in chunk]
         order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), search.batch_size):
-            indices = order[start : start + search.batch_size]
-            sources = [encoded[i] for i in indices]
-            found = _halving(lambda part: search_batch(model, part, search, nbest=nbest), sources, len, device)
-            looked = (_halving(lambda part: _attention(model, part, search.precision), list(zip(sources, found)),
-                               lambda line: len(line[0]), device)
-                      if attention else [[None] * len(hypotheses) for hypotheses in found])
-            # one SentencePiece call per batch: each call has a fixed cost (it starts threads)
-            texts = iter(tokenizers.tgt.decode([hyp.tokens for hypotheses in found for hyp in hypotheses]))
-            for index, hypotheses, attended in zip(indices, found, looked):
-                results[index] = [Translation(next(texts), hyp.score, hyp.tokens, seen)
-                                  for hyp, seen in zip(hypotheses, attended)]
-        yield from results
+        numbers = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        yield _Chunk(len(chunk), numbers, [[encoded[i] for i in batch] for batch in numbers])
+
+
+def _searched(
+    chunks: Iterator[_Chunk], search_lines: Callable[[list[list[int]]], BatchResult], workers: int,
+) -> Iterator[tuple[_Chunk, list[BatchResult]]]:
+    """Each chunk with its batches' results, in order.
+
+    With more than one worker, the workers start at the first chunk of two batches or more (a single
+    sentence is not worth a process), and every later chunk goes to them. Its batches are queued before
+    the previous chunk's results are collected, so that the workers do not wait while the next lines are
+    read and the finished ones written. If reading fails (a bad line on stdin), the chunk already queued
+    still comes out first.
+    """
+    pool: WorkerPool | None = None
+    queued: tuple[_Chunk, list[Future]] | None = None  # a chunk whose batches the workers have
+    try:
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except Exception:
+                if queued is not None:
+                    yield _collected(pool, queued)
+                raise
+            if chunk is None:
+                break
+            if pool is None and workers > 1 and len(chunk.sources) > 1:
+                pool = WorkerPool(search_lines, workers, threads=max(1, torch.get_num_threads() // workers))
+            if pool is None:
+                yield chunk, [search_lines(sources) for sources in chunk.sources]
+                continue
+            # longest batches first, so that the last to finish are short ones and no worker idles long at the end
+            submitted = chunk, [pool.submit(sources) for sources in reversed(chunk.sources)][::-1]
+            if queued is not None:
+                yield _collected(pool, queued)
+            queued = submitted
+        if queued is not None:
+            yield _collected(pool, queued)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _collected(pool: WorkerPool, queued: tuple[_Chunk, list[Future]]) -> tuple[_Chunk, list[BatchResult]]:
+    chunk, futures = queued
+    return chunk, [pool.result(future) for future in futures]
 
 
 def _halving(
