@@ -8,7 +8,8 @@ pieces/s (median of --repeats rounds; model loading excluded, as OpenNMT-py's -r
 BLEU (sacreBLEU, cased, 13a, detokenized) and, at batch 64, the wall time of the whole command
 (interpreter start, model load, decoding). Each round runs every system once per setting, ours
 and the peer one after the other, and the ratios are the medians of each round's own ratio: this
-machine's slow spells last minutes, longer than one system's runs. The peer is set up by
+machine's slow spells last minutes, longer than one system's runs. Ours runs with --workers
+(default 0: one worker process per core, as `seq2seq translate` does; 1: one process on every core). The peer is set up by
 ../shared/bench/peers/setup.sh and prep.sh; leave --peer-checkpoint out to measure ours alone.
 """
 
@@ -31,6 +32,7 @@ from seq2seq import checkpoint, devices
 from seq2seq.allocator import reuse_freed_memory
 from seq2seq.textio import read_lines
 from seq2seq.translation import translate
+from seq2seq.workers import worker_count
 
 PEERS = Path(os.environ.get("PEERS", "/tmp/s2s-peers"))
 
@@ -42,21 +44,26 @@ Setting = tuple[int, int]  # (beam, batch)
 class Ours:
     """One variant of our model, loaded once; each call decodes the test set with one setting."""
 
-    def __init__(self, model: Path, variant: str, device: str) -> None:
-        self.model_path, self.variant, self.device = model, variant, device
-        self.name = f"seq2seq {variant}" + (f" ({device})" if device != "cpu" else "")
+    def __init__(self, model: Path, variant: str, device: str, workers: int) -> None:
+        self.model_path, self.variant, self.device, self.workers = model, variant, device, workers
+        processes = worker_count(workers, devices.resolve(device))
+        self.name = f"seq2seq {variant}" + (f" ({device})" if device != "cpu" else "") + \
+            (f", {processes} workers" if processes > 1 else "")
         self.loaded = checkpoint.load(model)
         self.loaded.model.to(devices.resolve(device))
 
     def decode(self, sources: list[str], beam: int, batch: int) -> tuple[float, list[str], int]:
-        """Seconds, output texts and output pieces; the seconds include quantizing the model (about 0.1 s) for int8."""
+        """Seconds, output texts and output pieces; the seconds include quantizing the model (about 0.05 s) for int8
+        and starting the workers."""
         search = replace(self.loaded.config.search, beam_size=beam, batch_size=batch, **VARIANTS[self.variant])
         start = time.perf_counter()
-        outputs = [best[0] for best in translate(self.loaded.model, self.loaded.tokenizers, sources, search)]
+        outputs = [best[0] for best in translate(self.loaded.model, self.loaded.tokenizers, sources, search,
+                                                 workers=self.workers)]
         return time.perf_counter() - start, [out.text for out in outputs], sum(len(out.tokens) for out in outputs)
 
     def whole_command(self, sources: list[str], beam: int, batch: int) -> float:
-        options = [f"--{name}={value}" for name, value in VARIANTS[self.variant].items()] + [f"--device={self.device}"]
+        options = [f"--{name}={value}" for name, value in VARIANTS[self.variant].items()] + \
+            [f"--device={self.device}", f"--workers={self.workers}"]
         command = [sys.executable, "-m", "seq2seq", "translate", "-m", str(self.model_path), "-q", *options,
                    "--beam-size", str(beam), "--batch-size", str(batch)]
         start = time.perf_counter()
@@ -119,12 +126,15 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                         help="fp32, bf16 (autocast) and int8 (--quantize int8)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where ours translates (int8: cpu only)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0],
+                        help="our worker processes, each count a system of its own (0 = one per core, the default of "
+                             "`seq2seq translate`; 1 = one process using every core)")
     args = parser.parse_args()
     sources = read_lines(args.data / "test_2016_flickr.de.gz")
     references = read_lines(args.data / "test_2016_flickr.en.gz")
     settings = [(beam, batch) for beam in args.beams for batch in args.batch_sizes]
     reuse_freed_memory()  # as `seq2seq translate` does
-    ours = [Ours(args.model, variant, args.device) for variant in args.variants]
+    ours = [Ours(args.model, variant, args.device, workers) for variant in args.variants for workers in args.workers]
     peer = Peer(args.peer_checkpoint, PEERS / "data" / "test_2016_flickr.sp.de") if args.peer_checkpoint else None
     found = rounds([*ours, *([peer] if peer else [])], sources, settings, args.repeats)
 
