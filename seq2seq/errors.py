@@ -23,3 +23,7 @@ class CheckpointError(Seq2SeqError):
 
 class OutOfMemory(Seq2SeqError):
     """The device had no memory left for a batch, even after what could be done about it."""
+
+
+class WorkerDied(Seq2SeqError):
+    """A translation worker process ended without an answer: killed, most often by the system for lack of memory."""

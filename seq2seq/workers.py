@@ -4,7 +4,7 @@
 On a CPU, one process running its products on every core wastes much of them: the decoder's products
 are small, and the step's other work (attention, log-softmax, the search's bookkeeping) is short, memory
 bound or single-threaded. On a 2-core machine, two processes of one thread each translated Multi30k's
-test set 1.2-1.3x faster than one process of two threads at batch 64, and 1.75x at batch 1
+test set 1.2-1.3x faster than one process of two threads at batch 64, and up to 1.75x at batch 1
 (bench/README.md). Threads in one process gained 1.05x: the search's many small operations queue for
 Python's interpreter lock.
 
@@ -25,16 +25,12 @@ from typing import Any
 
 import torch
 
-from seq2seq.errors import ConfigError, Seq2SeqError
+from seq2seq.errors import ConfigError, WorkerDied
 
 PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal a process gets when its parent dies
 AUTO_WORKERS_MAX = 8  # a chunk of input is 8 batches (`translation.translate`): more workers would wait
 
 _job: Callable[[Any], Any] | None = None  # in a worker: what it runs on each item (inherited through fork)
-
-
-class WorkerDied(Seq2SeqError):
-    """A worker process ended without an answer: killed, most often by the system for lack of memory."""
 
 
 def can_fork() -> bool:

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from cli.main import app
 from seq2seq import checkpoint
 from seq2seq.config import Config, ModelConfig, SearchConfig
-from seq2seq.errors import ConfigError, DataError
+from seq2seq.errors import ConfigError, DataError, WorkerDied
 from seq2seq.tokenizer import Tokenizers
 from seq2seq.translation import _Chunk, _searched, translate
-from seq2seq.workers import AUTO_WORKERS_MAX, WorkerDied, worker_count
+from seq2seq.workers import AUTO_WORKERS_MAX, worker_count
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="workers are forked")
 
