@@ -136,7 +136,8 @@ def translate(
     line could stall a whole file; cut, it still gets its one output line.
     With `search.quantize = "int8"`, a quantized copy of the model translates; `model` is left as it is.
     With `workers` above 1, that many forked processes search the batches side by side on the CPU
-    (`seq2seq.workers`; 0 = one per core): the results are the same as one process's, up to rounding.
+    (`seq2seq.workers`; 0 = one per core): the results are the same as one process's, up to rounding,
+    and a chunk comes out once the next one has been read and handed to them.
     """
     # checked now, not when the first line is read
     if attention and model.attention is None:
