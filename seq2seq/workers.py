@@ -33,10 +33,6 @@ AUTO_WORKERS_MAX = 8  # a chunk of input is 8 batches (`translation.translate`):
 _job: Callable[[Any], Any] | None = None  # in a worker: what it runs on each item (inherited through fork)
 
 
-def can_fork() -> bool:
-    return "fork" in multiprocessing.get_all_start_methods()
-
-
 def worker_count(requested: int, device: torch.device) -> int:
     """How many processes translate: `requested`, or for 0 one per core torch would use on a Linux CPU (at
     most AUTO_WORKERS_MAX; with fewer workers than cores, each takes a share of the cores).
@@ -48,11 +44,12 @@ def worker_count(requested: int, device: torch.device) -> int:
     if requested < 0:
         raise ConfigError(f"--workers must be 0 (one per core) or more, got {requested}")
     if requested == 0:
-        return min(torch.get_num_threads(), AUTO_WORKERS_MAX) if device.type == "cpu" and sys.platform.startswith("linux") else 1
+        on_linux_cpu = device.type == "cpu" and sys.platform.startswith("linux")
+        return min(torch.get_num_threads(), AUTO_WORKERS_MAX) if on_linux_cpu else 1
     if requested > 1 and device.type != "cpu":
         raise ConfigError(f"--workers {requested} is for translating on the CPU; on {device.type}, one process "
                           "translates (use --workers 1)")
-    if requested > 1 and not can_fork():
+    if requested > 1 and "fork" not in multiprocessing.get_all_start_methods():
         raise ConfigError(f"--workers {requested} needs fork, which this system lacks; use --workers 1")
     return requested
 
