@@ -1,5 +1,5 @@
-"""Translation batches shared among forked worker processes on the CPU, one thread each, as Marian's
---cpu-threads and CTranslate2's inter_threads share them.
+"""Translation batches shared among forked worker processes on the CPU, each with its share of the cores,
+as Marian's --cpu-threads and CTranslate2's inter_threads share them.
 
 On a CPU, one process running its products on every core wastes much of them: the decoder's products
 are small, and the step's other work (attention, log-softmax, the search's bookkeeping) is short, memory
@@ -18,6 +18,7 @@ import ctypes
 import multiprocessing
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -79,6 +80,28 @@ class WorkerPool:
     def __init__(self, job: Callable[[Any], Any], workers: int, threads: int) -> None:
         self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                              initializer=_start_worker, initargs=(job, threads))
+        self._closing = threading.Event()
+        forked: Future = Future()
+        self._forker = threading.Thread(target=self._fork, args=(workers, forked), name="worker-forker", daemon=True)
+        self._forker.start()
+        forked.result()
+
+    def _fork(self, workers: int, forked: Future) -> None:
+        """Start the workers from this new thread, then wait for `close`.
+
+        OpenMP (GNU libgomp, torch's CPU threads) keeps a pool of threads per thread that has run parallel
+        work, and fork copies the pool's records but not its threads: a worker forked from such a thread
+        hangs at its first parallel region of two threads or more. This thread has run none. It stays
+        until the workers are gone, since Linux sends PR_SET_PDEATHSIG when the forking thread ends.
+        """
+        try:
+            for _ in range(workers):  # Python forks a fork pool's workers at its first submit, or one per submit
+                self._executor.submit(int)
+        except BaseException as error:
+            forked.set_exception(error)
+            return
+        forked.set_result(None)
+        self._closing.wait()
 
     def submit(self, item: Any) -> Future:
         return self._executor.submit(_run, item)
@@ -94,3 +117,5 @@ class WorkerPool:
     def close(self) -> None:
         """Stop the workers; work queued and not yet started is dropped."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._closing.set()
+        self._forker.join()

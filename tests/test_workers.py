@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,19 +33,34 @@ def _with_pid(sources: list[int]) -> list[tuple[int, int]]:
     return [(os.getpid(), item) for item in sources]
 
 
+_together: threading.Barrier | None = None  # set before the workers fork; they inherit it
+
+
+def _with_pid_together(sources: list[int]) -> list[tuple[int, int]]:
+    """Batches 3 and 4 each wait until the other is being searched too: only two processes at once pass."""
+    if _together is not None and {3, 4} & set(sources):
+        _together.wait()
+    return _with_pid(sources)
+
+
 def test_batches_go_to_other_processes_and_come_back_in_order() -> None:
     """A first chunk of one batch stays in this process; from the first chunk of two batches on, workers search."""
     chunks = [_chunk([1, 2]), _chunk([3], [4, 5], [6]), _chunk([7, 8], [9]), _chunk([10])]
 
-    found = [(chunk, results) for chunk, results in _searched(iter(chunks), _with_pid, workers=2)]
+    global _together
+    _together = multiprocessing.get_context("fork").Barrier(2, timeout=30)
+    try:
+        found = [(chunk, results) for chunk, results in _searched(iter(chunks), _with_pid_together, workers=2)]
+    finally:
+        _together = None
 
     assert [chunk for chunk, _ in found] == chunks
     items = [item for _, results in found for batch in results for _, item in batch]
     assert items == list(range(1, 11))
-    pids = [[pid for batch in results for pid, _ in batch] for _, results in found]
-    assert set(pids[0]) == {os.getpid()}
-    assert os.getpid() not in {pid for chunk_pids in pids[1:] for pid in chunk_pids}
-    assert len({pid for chunk_pids in pids[1:] for pid in chunk_pids}) == 2, "both workers took batches"
+    pid_of = {item: pid for _, results in found for batch in results for pid, item in batch}
+    assert pid_of[1] == pid_of[2] == os.getpid()
+    assert os.getpid() not in [pid_of[item] for item in range(3, 11)]
+    assert pid_of[3] != pid_of[4], "two workers searched at once"
 
 
 def test_one_worker_searches_in_this_process() -> None:
@@ -67,6 +86,36 @@ def test_an_error_in_a_worker_arrives_as_itself() -> None:
 def test_a_worker_that_dies_is_one_clear_error() -> None:
     with pytest.raises(WorkerDied, match="worker process died.*--workers 1"):
         list(_searched(iter([_chunk([1], [2])]), _dies, workers=2))
+
+
+AFTER_PARALLEL_WORK = """
+import torch
+from seq2seq.workers import WorkerPool
+
+torch.set_num_threads(2)
+square = torch.randn(512, 512)
+for _ in range(3):
+    square @ square  # this thread now owns OpenMP threads
+
+
+def job(size):
+    square = torch.randn(size, size)
+    return (square @ square).shape[0], torch.get_num_threads()
+
+
+pool = WorkerPool(job, workers=2, threads=2)
+print([pool.result(pool.submit(512)) for _ in range(4)])
+pool.close()
+"""
+
+
+def test_workers_of_two_threads_run_after_parallel_work_in_the_parent() -> None:
+    """libgomp's thread pool does not survive fork: workers forked from the thread that ran the parent's
+    products would hang at their first product of two threads (in a child process here, so that a hang
+    is a timeout, not a stuck suite)."""
+    done = subprocess.run([sys.executable, "-c", AFTER_PARALLEL_WORK], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str([(512, 2)] * 4)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
