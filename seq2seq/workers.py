@@ -82,11 +82,11 @@ class WorkerPool:
                                              initializer=_start_worker, initargs=(job, threads))
         self._closing = threading.Event()
         forked: Future = Future()
-        self._forker = threading.Thread(target=self._fork, args=(workers, forked), name="worker-forker", daemon=True)
+        self._forker = threading.Thread(target=self._fork, args=(forked,), name="worker-forker", daemon=True)
         self._forker.start()
         forked.result()
 
-    def _fork(self, workers: int, forked: Future) -> None:
+    def _fork(self, forked: Future) -> None:
         """Start the workers from this new thread, then wait for `close`.
 
         OpenMP (GNU libgomp, torch's CPU threads) keeps a pool of threads per thread that has run parallel
@@ -95,8 +95,7 @@ class WorkerPool:
         until the workers are gone, since Linux sends PR_SET_PDEATHSIG when the forking thread ends.
         """
         try:
-            for _ in range(workers):  # Python forks a fork pool's workers at its first submit, or one per submit
-                self._executor.submit(int)
+            self._executor.submit(int)  # a fork pool forks all its workers at its first submit (CPython gh-90622)
         except BaseException as error:
             forked.set_exception(error)
             return
