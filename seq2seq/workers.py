@@ -28,7 +28,7 @@ import torch
 
 from seq2seq.errors import ConfigError, WorkerDied
 
-PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal a process gets when its parent dies
+PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal a process gets when the thread that forked it ends
 AUTO_WORKERS_MAX = 8  # a chunk of input is 8 batches (`translation.translate`): more workers would wait
 
 _job: Callable[[Any], Any] | None = None  # in a worker: what it runs on each item (inherited through fork)
