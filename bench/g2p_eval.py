@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from seq2seq import checkpoint
-from seq2seq.textio import read_lines
-from seq2seq.translation import translate
+import seq2seq
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "cmudict"
 
@@ -35,12 +32,11 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--beam-size", type=int, default=5)
     args = parser.parse_args()
-    loaded = checkpoint.load(args.model)
-    words = read_lines(DATA / "test.letters.gz")
-    variants = [line.split(" | ") for line in read_lines(DATA / "test.phones-all.gz")]
-    search = replace(loaded.config.search, beam_size=args.beam_size)
+    translator = seq2seq.load(args.model, beam_size=args.beam_size)
+    words = seq2seq.read_lines(DATA / "test.letters.gz")
+    variants = [line.split(" | ") for line in seq2seq.read_lines(DATA / "test.phones-all.gz")]
     start = time.perf_counter()
-    predicted = [best[0].text for best in translate(loaded.model, loaded.tokenizers, words, search)]
+    predicted = [best.text for best, *_ in translator.stream(words)]
     seconds = time.perf_counter() - start
     wrong = sum(guess not in options for guess, options in zip(predicted, variants))
     errors = sum(min(edit_distance(guess.split(), ref.split()) for ref in options) for guess, options in zip(predicted, variants))

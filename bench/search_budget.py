@@ -3,8 +3,8 @@ around it and the encoder, per sentence; and what a target speed would leave for
 
     python bench/search_budget.py --model runs/de-en/best.pt --quantize int8 --target 145
 
-Products are timed one by one (forward hooks on the model's linear and LSTM layers, and the search's
-swapped few-rows products), each with its multiply-adds, so that a layer's rate can be set against
+Products are timed one by one (forward hooks on the translating model's linear and LSTM layers, the
+swapped-in few-rows and int8 layers among them), each with its multiply-adds, so that a layer's rate can be set against
 what the CPU does alone. The timers add a little to the step; compare parts, not the total, with
 `translate_speed.py`. With --target (sentences/s), the last lines show that target's time per
 sentence beside the products' share at the rates measured here.
@@ -15,19 +15,13 @@ from __future__ import annotations
 import argparse
 import collections
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-import seq2seq.model
+import seq2seq
 import seq2seq.translation
-from seq2seq import checkpoint
-from seq2seq.allocator import reuse_freed_memory
-from seq2seq.model import quantized_int8
-from seq2seq.textio import read_lines
-from seq2seq.translation import translate
 
 
 class Clock:
@@ -37,7 +31,6 @@ class Clock:
         self.seconds: collections.Counter[str] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
         self.macs: collections.Counter[str] = collections.Counter()
-        self.in_product = False  # a swapped product calls no module; a module called inside one is not counted twice
 
     def wrap(self, name: str, function):
         def timed(*args, **kwargs):
@@ -51,7 +44,7 @@ class Clock:
 
 
 def _is_product(module: nn.Module) -> bool:
-    """A linear layer (fp32, `Int8Linear` or torch's dynamic int8) or the encoder's RNN (always fp32)."""
+    """A linear layer (fp32, `FewRowsLinear`, `Int8Linear` or torch's dynamic int8) or the encoder's RNN (always fp32)."""
     return hasattr(module, "in_features") or isinstance(module, nn.RNNBase)
 
 
@@ -61,8 +54,7 @@ def instrument(model: nn.Module, clock: Clock) -> None:
     starts: dict[nn.Module, float] = {}
 
     def before(module, inputs):
-        if not clock.in_product:
-            starts[module] = time.perf_counter()
+        starts[module] = time.perf_counter()
 
     def after(module, inputs, output):
         if module in starts:
@@ -72,18 +64,6 @@ def instrument(model: nn.Module, clock: Clock) -> None:
         if _is_product(module) and module is not model:
             module.register_forward_pre_hook(before)
             module.register_forward_hook(after)
-    few_rows = seq2seq.model.few_rows_linear
-
-    def swapped(layer, x):
-        clock.in_product = True
-        start = time.perf_counter()
-        try:
-            return few_rows(layer, x)
-        finally:
-            clock.in_product = False
-            _count(clock, names[layer], layer, x, time.perf_counter() - start)
-
-    seq2seq.model.few_rows_linear = swapped
     model.decode_step = clock.wrap("decoder step", model.decode_step)
     model.encode = clock.wrap("encoder (whole)", model.encode)
     for search in ("beam_search", "greedy_search"):
@@ -108,16 +88,14 @@ def main() -> None:
     parser.add_argument("--quantize", choices=["none", "int8"], default="none")
     parser.add_argument("--target", type=float, help="sentences/s to budget for")
     args = parser.parse_args()
-    reuse_freed_memory()  # as `seq2seq translate` does
-    loaded = checkpoint.load(args.model)
-    model = quantized_int8(loaded.model) if args.quantize == "int8" else loaded.model
-    sources = read_lines(args.data / "test_2016_flickr.de.gz")[: args.sentences]
-    search = replace(loaded.config.search, beam_size=args.beam, batch_size=args.batch, quantize="none")
-    list(translate(model, loaded.tokenizers, sources[: args.batch], search))  # warm up, untimed
+    seq2seq.reuse_freed_memory()  # as `seq2seq translate` does
+    translator = seq2seq.load(args.model, device="cpu", beam_size=args.beam, batch_size=args.batch, quantize=args.quantize)
+    sources = seq2seq.read_lines(args.data / "test_2016_flickr.de.gz")[: args.sentences]
+    translator.translate(sources[: args.batch])  # warm up, untimed
     clock = Clock()
-    instrument(model, clock)
+    instrument(translator.model, clock)
     start = time.perf_counter()
-    list(translate(model, loaded.tokenizers, sources, search))
+    translator.translate(sources, chunk_lines=8 * args.batch)
     wall = time.perf_counter() - start
 
     per_sentence = {name: seconds * 1e3 / len(sources) for name, seconds in clock.seconds.items()}

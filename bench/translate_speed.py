@@ -28,10 +28,8 @@ from pathlib import Path
 
 import sacrebleu
 
-from seq2seq import checkpoint, devices
-from seq2seq.allocator import reuse_freed_memory
-from seq2seq.textio import read_lines
-from seq2seq.translation import translate
+import seq2seq
+from seq2seq import devices
 from seq2seq.workers import worker_count
 
 PEERS = Path(os.environ.get("PEERS", "/tmp/s2s-peers"))
@@ -49,16 +47,15 @@ class Ours:
         processes = worker_count(workers, devices.resolve(device))
         self.name = f"seq2seq {variant}" + (f" ({device})" if device != "cpu" else "") + \
             (f", {processes} workers" if processes > 1 else "")
-        self.loaded = checkpoint.load(model)
-        self.loaded.model.to(devices.resolve(device))
+        self.loaded = seq2seq.load_checkpoint(model)
 
     def decode(self, sources: list[str], beam: int, batch: int) -> tuple[float, list[str], int]:
-        """Seconds, output texts and output pieces; the seconds include quantizing the model (about 0.05 s) for int8
-        and starting the workers."""
+        """Seconds, output texts and output pieces; the seconds include making the translator (quantizing the model,
+        about 0.05 s, for int8) and starting the workers."""
         search = replace(self.loaded.config.search, beam_size=beam, batch_size=batch, **VARIANTS[self.variant])
         start = time.perf_counter()
-        outputs = [best[0] for best in translate(self.loaded.model, self.loaded.tokenizers, sources, search,
-                                                 workers=self.workers)]
+        translator = seq2seq.Translator(self.loaded.model, self.loaded.tokenizers, search, device=self.device)
+        outputs = [best[0] for best in translator.stream(sources, workers=self.workers)]
         return time.perf_counter() - start, [out.text for out in outputs], sum(len(out.tokens) for out in outputs)
 
     def whole_command(self, sources: list[str], beam: int, batch: int) -> float:
@@ -130,10 +127,10 @@ def main() -> None:
                         help="our worker processes, each count a system of its own (0 = one per core, the default of "
                              "`seq2seq translate`; 1 = one process using every core)")
     args = parser.parse_args()
-    sources = read_lines(args.data / "test_2016_flickr.de.gz")
-    references = read_lines(args.data / "test_2016_flickr.en.gz")
+    sources = seq2seq.read_lines(args.data / "test_2016_flickr.de.gz")
+    references = seq2seq.read_lines(args.data / "test_2016_flickr.en.gz")
     settings = [(beam, batch) for beam in args.beams for batch in args.batch_sizes]
-    reuse_freed_memory()  # as `seq2seq translate` does
+    seq2seq.reuse_freed_memory()  # as `seq2seq translate` does
     ours = [Ours(args.model, variant, args.device, workers) for variant in args.variants for workers in args.workers]
     peer = Peer(args.peer_checkpoint, PEERS / "data" / "test_2016_flickr.sp.de") if args.peer_checkpoint else None
     found = rounds([*ours, *([peer] if peer else [])], sources, settings, args.repeats)

@@ -26,11 +26,10 @@ def average(
 ) -> None:
     """Average the weights of several checkpoints into one model file."""
     with user_errors():
-        from seq2seq import checkpoint
-        from seq2seq.averaging import average as average_checkpoints
+        from seq2seq import average_checkpoints, save_checkpoint
 
         merged = average_checkpoints(models)
-        checkpoint.save(output, config=merged.config, tokenizers=merged.tokenizers, model=merged.model,
+        save_checkpoint(output, config=merged.config, tokenizers=merged.tokenizers, model=merged.model,
                         step=merged.step, info=merged.info)
         if not quiet:
             say(f"averaged {len(models)} checkpoints (steps {', '.join(map(str, merged.info['averaged_steps']))}) into {output}")

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from seq2seq.errors import Seq2SeqError
+from seq2seq import Seq2SeqError
 
 # Under torchrun every rank runs this command; only rank 0 speaks for the run (the library shares every
 # decision and error with it), read from torchrun's RANK so that no torch import is needed here.

@@ -12,7 +12,7 @@ import typer
 from cli.console import user_errors
 
 if TYPE_CHECKING:
-    from seq2seq.checkpoint import Checkpoint
+    from seq2seq import Checkpoint
 
 EPILOG = """\
 \b
@@ -29,20 +29,19 @@ def info(
 ) -> None:
     """Show a model file's settings, vocabularies, size, training step, validation scores and versions."""
     with user_errors():
-        from seq2seq import checkpoint
-        from seq2seq.config import to_toml
+        from seq2seq import config_toml, load_checkpoint
 
-        loaded = checkpoint.load(model)
+        loaded = load_checkpoint(model)
         facts = _facts(model, loaded)
         if as_json:
             typer.echo(json.dumps(facts, indent=2))
         else:
-            _render(facts, to_toml(loaded.config))
+            _render(facts, config_toml(loaded.config))
 
 
 def _facts(path: Path, loaded: Checkpoint) -> dict[str, Any]:
     """Everything `info` shows, as plain values: the --json output. `info` is the checkpoint's own record, as saved."""
-    from seq2seq.config import to_dict
+    from seq2seq import config_dict
 
     tokenizers = loaded.tokenizers
     return {
@@ -52,7 +51,7 @@ def _facts(path: Path, loaded: Checkpoint) -> dict[str, Any]:
         "vocabulary": {"source": tokenizers.src.vocab_size, "target": tokenizers.tgt.vocab_size, "joint": tokenizers.joint},
         "training_state": bool(loaded.training),
         "info": loaded.info,
-        "config": to_dict(loaded.config),
+        "config": config_dict(loaded.config),
     }
 
 

@@ -37,7 +37,7 @@ def plot(
 ) -> None:
     """Draw a run's training curves from its metrics.jsonl into a picture."""
     with user_errors():
-        from seq2seq.plotting import plot_curves, read_metrics
+        from seq2seq import plot_curves, read_metrics
 
         rows = read_metrics(run)
         target = output or (run if run.is_dir() else run.parent) / "curves.png"

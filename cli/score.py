@@ -15,7 +15,7 @@ from typer.core import TyperCommand
 from cli.console import say, user_errors
 
 if TYPE_CHECKING:
-    from seq2seq.metrics import Cell, Comparison
+    from seq2seq import Cell, Comparison
 
 FORMATS = ("json", "text")
 INPUT_FLAGS = ("-i", "--input")
@@ -117,7 +117,7 @@ def score(
 ) -> None:
     """Score hypotheses against references with BLEU, chrF and/or TER: one system, or several side by side."""
     with user_errors():
-        from seq2seq.errors import ConfigError
+        from seq2seq import ConfigError
 
         names = _metric_names(metrics)
         files = hypotheses or ["-"]
@@ -133,7 +133,7 @@ def score(
         elif len(systems) == 1 and not paired_bs:
             _print_single(systems[0][1], refs, names, options, width=width, score_only=score_only, fmt=fmt or "json")
         else:
-            from seq2seq.metrics import compare_systems
+            from seq2seq import compare_systems
 
             comparison = compare_systems(systems, refs, names, paired_bs=paired_bs_n if paired_bs else 0, **options)
             _print_table(comparison, width=width, fmt=fmt)
@@ -141,7 +141,7 @@ def score(
 
 def _check_usage(systems: int, names: list[str], *, score_only: bool, paired: bool, sentence_level: bool) -> None:
     """Refuse combinations that have no meaning, instead of ignoring an option silently."""
-    from seq2seq.errors import ConfigError
+    from seq2seq import ConfigError
 
     if not names:
         raise ConfigError("-m gave no metric name; choose from bleu, chrf and ter")
@@ -156,7 +156,7 @@ def _check_usage(systems: int, names: list[str], *, score_only: bool, paired: bo
 def _print_single(hyp_lines: list[str], refs: list[list[str]], names: list[str], options: dict, *,
                   width: int, score_only: bool, fmt: str) -> None:
     """sacrebleu's single-system output, byte for byte."""
-    from seq2seq.metrics import corpus_scores
+    from seq2seq import corpus_scores
 
     results = corpus_scores(hyp_lines, refs, names, **options)
     is_json = fmt == "json"
@@ -166,7 +166,7 @@ def _print_single(hyp_lines: list[str], refs: list[list[str]], names: list[str],
 def _print_sentences(hyp_lines: list[str], refs: list[list[str]], name: str, options: dict, *,
                      width: int, score_only: bool) -> None:
     """One line per segment, as `sacrebleu -sl` prints them (its text form whatever -f says)."""
-    from seq2seq.metrics import sentence_scores
+    from seq2seq import sentence_scores
 
     scores, signature = sentence_scores(hyp_lines, refs, name, **options)
     typer.echo("\n".join(s.format(width, score_only, signature) for s in scores))
@@ -189,9 +189,9 @@ def _read(
     hypotheses: list[str], references: list[str], *, paired: bool
 ) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
     """Read each system and the references the way sacrebleu does (rstripped lines); check they are parallel."""
-    from seq2seq.errors import ConfigError, DataError
-    from seq2seq.metrics import METRICS, check_parallel
-    from seq2seq.textio import display_name, read_lines
+    from seq2seq import ConfigError, DataError
+    from seq2seq import METRICS, check_parallel
+    from seq2seq import display_name, read_lines
 
     if not references:
         raise ConfigError("no reference file: put the reference file(s) before -i, e.g. seq2seq score ref.txt -i hyp.txt")
@@ -211,7 +211,7 @@ def _read(
 
 def _distinct(paths: list[str], *, paired: bool) -> list[str]:
     """Refuse a file given twice, except the baseline again in a paired test (`-i base.txt *.txt`), as sacrebleu."""
-    from seq2seq.errors import ConfigError
+    from seq2seq import ConfigError
 
     kept: list[str] = []
     for path in paths:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -12,21 +11,7 @@ import typer
 from cli.console import SPEAKS, say, say_error, user_errors
 
 if TYPE_CHECKING:
-    from seq2seq.config import Config
-    from seq2seq.inspection import TrainingPreview
-    from seq2seq.tokenizer import TokenizerCache
-    from seq2seq.training import Finished
-
-# The embedded default: CMUdict grapheme-to-phoneme, shipped in the checkout's data/ folder.
-PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
-DEFAULT_RECIPE = PROJECT_DATA / "recipes" / "cmudict.toml"
-DEFAULT_CORPUS = {
-    "data.source": "cmudict/train.letters.gz",
-    "data.target": "cmudict/train.phones.gz",
-    "data.valid_source": "cmudict/valid.letters.gz",
-    "data.valid_target": "cmudict/valid.phones.gz",
-}
-DEFAULT_OUTPUT = Path("runs/cmudict")
+    from seq2seq import Config, Finished, TokenizerCache, TrainingPreview
 
 EPILOG = """\
 \b
@@ -75,10 +60,9 @@ def train(
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print errors only.")] = False,
 ) -> None:
     """Train SentencePiece and an attention LSTM on parallel text; keep best.pt and last.pt."""
-    from seq2seq import config as configuration
-    from seq2seq.errors import ConfigError
-
     with user_errors():
+        import seq2seq
+
         flags = {
             "data.source": source, "data.target": target,
             "data.valid_source": valid_source, "data.valid_target": valid_target, "data.max_length": max_length,
@@ -89,76 +73,37 @@ def train(
             "train.valid_every": valid_every, "train.seed": seed, "train.precision": precision,
             "train.device": device,
         }
-        chosen: dict[str, Any] = dict(configuration.parse_override(text) for text in overrides or [])
+        chosen: dict[str, Any] = dict(seq2seq.parse_override(text) for text in overrides or [])
         chosen.update({key: value for key, value in flags.items() if value is not None})
-        run_config = _run_config(output or DEFAULT_OUTPUT) if resume else None
-        use_default = run_config is None and config_file is None and not any(key.startswith("data.") for key in chosen)
-        if use_default:
-            config_file = DEFAULT_RECIPE
-            chosen = {key: str(PROJECT_DATA / path) for key, path in DEFAULT_CORPUS.items()} | chosen
-            if not DEFAULT_RECIPE.is_file():
-                raise ConfigError(f"the embedded default corpus lives in the source checkout ({PROJECT_DATA}); "
-                                  "run from a checkout or give --source/--target/--valid-source/--valid-target")
-        cfg = configuration.resolve(config_file, chosen, base=run_config)
+        cfg, folder = seq2seq.settings_for_run(config_file, chosen, output=output, resume=resume)
         if print_config:
-            sys.stdout.write(configuration.to_toml(cfg))
+            sys.stdout.write(seq2seq.config_toml(cfg))
             return
-        if output is None:
-            if not (use_default or run_config):
-                raise ConfigError("--output is required when training on your own data")
-            output = DEFAULT_OUTPUT
-        cache = None if no_cache or resume else _tokenizer_cache(cache_dir, writable=not dry_run, quiet=quiet)
+        if folder is None:
+            raise seq2seq.ConfigError("--output is required when training on your own data")
+        warn = (lambda message: None) if quiet else say
+        cache = None if no_cache or resume else seq2seq.tokenizer_cache(cache_dir, writable=not dry_run, warn=warn)
         if dry_run:
-            _dry_run(cfg, output, cache, resume=resume, overwrite=overwrite, quiet=quiet)
+            _dry_run(cfg, folder, cache, resume=resume, overwrite=overwrite, quiet=quiet)
             return
-        finished = _run(cfg, output, cache, resume=resume, overwrite=overwrite, quiet=quiet)
+        finished = _run(cfg, folder, cache, resume=resume, overwrite=overwrite, quiet=quiet)
         if SPEAKS:
             sys.stdout.write(f"{finished.best_path}\n")
 
 
-def _run_config(output: Path) -> Config | None:
-    """The settings of the run being resumed, as the base that flags override: `--resume` alone repeats them."""
-    from seq2seq import config as configuration
-
-    saved = output / "config.toml"
-    return configuration.resolve(saved) if saved.is_file() else None
-
-
-def _tokenizer_cache(cache_dir: Path | None, *, writable: bool, quiet: bool) -> TokenizerCache | None:
-    """The tokenizer cache, or none (said in one line) when it cannot be written: a cache never stops a run."""
-    from seq2seq.tokenizer import TokenizerCache
-
-    try:
-        folder = (cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seq2seq") / "tokenizers"
-    except RuntimeError:  # no home folder to be found: nowhere to keep them by default
-        if not quiet:
-            say("no home folder and no --cache-dir: tokenizers are trained and not kept")
-        return None
-    if writable:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if not os.access(folder, os.W_OK):
-                raise PermissionError(13, "permission denied")
-        except OSError as error:
-            if not quiet:
-                say(f"{folder}: cannot keep tokenizers there ({error.strerror}); they are trained and not kept")
-            return None
-    return TokenizerCache(folder, writable=writable)
-
-
 def _run(cfg: Config, output: Path, cache: TokenizerCache | None, *, resume: bool, overwrite: bool, quiet: bool) -> Finished:
     """Train with progress on stderr and Ctrl-C/SIGTERM handled; exits unless the run reached its limit."""
-    from cli.training_progress import TrainingReporter
-    from cli.signals import EXIT_CODES, StopNow, stop_requests
-    from seq2seq.allocator import reuse_freed_memory, small_kernel_cache
-    from seq2seq.training import train as run_training
+    import seq2seq
 
-    reuse_freed_memory()
-    small_kernel_cache()
+    from cli.signals import EXIT_CODES, StopNow, stop_requests
+    from cli.training_progress import TrainingReporter
+
+    seq2seq.reuse_freed_memory()
+    seq2seq.small_kernel_cache()
     try:
         with TrainingReporter(cfg.train, quiet=quiet) as reporter, stop_requests() as stop_request:
-            finished = run_training(cfg, output, report=reporter, overwrite=overwrite, resume=resume,
-                                    should_stop=stop_request, tokenizer_cache=cache)
+            finished = seq2seq.train(cfg, output, report=reporter, overwrite=overwrite, resume=resume,
+                                     should_stop=stop_request, tokenizer_cache=cache)
     except StopNow as stop:
         say(f"{stop.reason} again: stopped at once; the checkpoints in {output} are those saved before")
         raise typer.Exit(EXIT_CODES[stop.reason]) from None
@@ -179,7 +124,7 @@ def _dry_run(cfg: Config, output: Path, cache: TokenizerCache | None, *, resume:
     from rich.console import Console
     from rich.text import Text
 
-    from seq2seq.inspection import preview_training
+    from seq2seq import preview_training
 
     if not quiet:
         say("dry run: reading the data, training the tokenizer and timing a few updates; nothing is written")

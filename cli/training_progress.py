@@ -8,8 +8,7 @@ from types import TracebackType
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cli.console import err, say
-from seq2seq.config import TrainConfig
-from seq2seq.training import COMPLETE, DataReady, Event, Finished, NonFinite, Preparing, StepsDone, Validated
+from seq2seq import COMPLETE, DataReady, Event, Finished, NonFinite, Preparing, StepsDone, TrainConfig, Validated
 
 BAR_UNITS = 1000  # the bar tracks whichever limit (steps or minutes) is nearer
 STAGES = {

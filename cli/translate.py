@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -15,10 +15,7 @@ import typer
 from cli.console import say, user_errors
 
 if TYPE_CHECKING:
-    import torch
-
-    from seq2seq.tokenizer import Tokenizers
-    from seq2seq.translation import Translation
+    from seq2seq import Translation, Translator
 
 EPILOG = """\
 \b
@@ -66,41 +63,27 @@ def translate(
 ) -> None:
     """Translate lines from a file or stdin with a trained model."""
     with user_errors():
-        from dataclasses import replace
-
-        from seq2seq import checkpoint
-        from seq2seq.allocator import reuse_freed_memory
-        from seq2seq.config import Config
-        from seq2seq.errors import ConfigError
-        from seq2seq.textio import display_name
-        from seq2seq.translation import translate as run_translation
+        import seq2seq
 
         from cli.progress import LineProgress
 
-        reuse_freed_memory()
-        loaded = checkpoint.load(model)
-        chosen = {"beam_size": beam_size, "batch_size": batch_size, "length_penalty": length_penalty,
-                  "max_length_ratio": max_length_ratio, "max_length_constant": max_length_constant, "min_length": min_length,
-                  "precision": precision, "quantize": quantize}
-        search = replace(loaded.config.search, **{k: v for k, v in chosen.items() if v is not None})
-        search = replace(search, length_norm=search.length_norm or length_norm)
-        Config(search=search).validate()
-        if nbest > search.beam_size:
-            raise ConfigError(f"--nbest {nbest} needs a beam of at least {nbest} (got --beam-size {search.beam_size})")
-        loaded.model.to(_device(device, search.quantize))
-
+        seq2seq.reuse_freed_memory()
+        translator = seq2seq.load(
+            model, device=device, beam_size=beam_size, batch_size=batch_size, length_penalty=length_penalty,
+            length_norm=length_norm or None, max_length_ratio=max_length_ratio, max_length_constant=max_length_constant,
+            min_length=min_length, precision=precision, quantize=quantize)
         interactive = input_path == "-" and sys.stdin.isatty()
         if interactive and not quiet:
             say("reading lines from the terminal; each is translated when entered (Ctrl-D to finish)")
         warn = (lambda message: None) if quiet else (lambda message: say(f"warning: {message}"))
-        lines, total = _source_lines(input_path, warn)
-        name = display_name(input_path)
-        results = run_translation(
-            loaded.model, loaded.tokenizers, lines, search, nbest=nbest, chunk_lines=1 if interactive else None,
-            attention=alignment or attention_plot is not None, max_source_pieces=max_source_pieces, workers=workers,
+        lines, total = seq2seq.source_lines(input_path, on_invalid=warn)
+        name = seq2seq.display_name(input_path)
+        results = translator.stream(
+            lines, nbest=nbest, chunk_lines=1 if interactive else None, attention=alignment or attention_plot is not None,
+            max_source_pieces=max_source_pieces, workers=workers,
             on_cut=lambda number, pieces: warn(f"{name}:{number}: {pieces:,} pieces long; only the first "
                                                f"{max_source_pieces:,} are translated (--max-source-pieces)"))
-        draw = _attention_drawer(attention_plot, loaded.tokenizers, input_path)
+        draw = _attention_drawer(attention_plot, translator, name)
         # Translations scrolling on the terminal are their own progress; typed input has no "how far".
         to_screen = output_path == "-" and sys.stdout.isatty()
         progress = LineProgress(total, enabled=not (quiet or interactive or to_screen))
@@ -116,23 +99,13 @@ def translate(
         seconds = time.perf_counter() - start
         if not quiet and not interactive:
             say(f"translated {count:,} lines ({pieces:,} target pieces) in {seconds:.1f} s: "
-                f"{count / max(seconds, 1e-9):,.1f} lines/s, beam {search.beam_size}")
-
-
-def _device(setting: str, quantize: str) -> torch.device:
-    """Where to translate: int8 weights run on the CPU alone, so auto means the CPU for them."""
-    from seq2seq import devices
-    from seq2seq.errors import ConfigError
-
-    if quantize == "int8" and setting == "cuda":
-        raise ConfigError("--quantize int8 runs on the CPU: use --device cpu or auto")
-    return devices.resolve("cpu" if quantize == "int8" else setting)
+                f"{count / max(seconds, 1e-9):,.1f} lines/s, beam {translator.search.beam_size}")
 
 
 @contextmanager
 def _opened(output_path: str) -> Iterator[IO[str]]:
     """stdout as UTF-8 with LF line ends, or a file that appears under its name only when complete."""
-    from seq2seq.textio import atomic_write
+    from seq2seq import atomic_write
 
     if output_path == "-":
         sys.stdout.reconfigure(encoding="utf-8", newline="\n")  # type: ignore[union-attr]
@@ -140,21 +113,6 @@ def _opened(output_path: str) -> Iterator[IO[str]]:
     else:
         with atomic_write(output_path) as file:
             yield file
-
-
-def _source_lines(input_path: str, warn: Callable[[str], None]) -> tuple[Iterable[str], int | None]:
-    """The lines to translate and their count.
-
-    A file is read and checked whole before anything is written (invalid UTF-8 is an error naming the
-    line), so its line count is known; stdin is streamed, so its invalid bytes become U+FFFD with a
-    warning instead, and its count is unknown (None).
-    """
-    from seq2seq.textio import iter_lines, read_lines
-
-    if input_path == "-":
-        return iter_lines("-", on_invalid=warn), None
-    lines = read_lines(input_path)
-    return lines, len(lines)
 
 
 def _render(index: int, hypotheses: list[Translation], *, nbest: int, scores: bool, alignment: bool) -> str:
@@ -173,37 +131,20 @@ def _render(index: int, hypotheses: list[Translation], *, nbest: int, scores: bo
 
 
 def _alignment(hyp: Translation) -> str:
-    from seq2seq.translation import hard_alignment
-
-    pairs = hard_alignment(hyp.attention.weights) if hyp.attention is not None else []
-    return " ||| " + " ".join(f"{source}-{target}" for source, target in pairs)
+    return " ||| " + " ".join(f"{source}-{target}" for source, target in hyp.alignment)
 
 
-def _prepare_plot_folder(folder: Path) -> None:
-    """Check that pictures can be drawn and stored before any translating starts."""
-    from seq2seq.errors import DataError
-    from seq2seq.plotting import require_matplotlib
-
-    require_matplotlib()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise DataError(f"{folder}: is a file; --attention-plot needs a folder") from None
-    except OSError as error:
-        raise DataError(f"{folder}: cannot create the folder ({error.strerror})") from None
-
-
-def _attention_drawer(folder: Path | None, tokenizers: Tokenizers, input_path: str) -> Callable[[int, list[Translation]], None]:
+def _attention_drawer(folder: Path | None, translator: Translator, input_name: str) -> Callable[[int, list[Translation]], None]:
     """What to do once line `index` (0-based) is written: draw its best translation's attention, or nothing.
 
     The folder and matplotlib are checked here, before any line is translated.
     """
     if folder is None:
         return lambda index, hypotheses: None
-    from seq2seq.plotting import plot_attention
-    from seq2seq.textio import display_name
+    from seq2seq import plot_attention, prepare_picture_folder
 
-    _prepare_plot_folder(folder)
+    prepare_picture_folder(folder)
+    tokenizers = translator.tokenizers
 
     def draw(index: int, hypotheses: list[Translation]) -> None:
         best = hypotheses[0]
@@ -212,7 +153,7 @@ def _attention_drawer(folder: Path | None, tokenizers: Tokenizers, input_path: s
         source = [*tokenizers.src.pieces(best.attention.src_tokens), "</s>"]
         target = [*tokenizers.tgt.pieces(best.tokens), "</s>"]
         plot_attention(best.attention.weights.tolist(), source, target, folder / f"line-{index + 1:06d}.png",
-                       title=f"{display_name(input_path)}:{index + 1}")
+                       title=f"{input_name}:{index + 1}")
 
     return draw
 
@@ -224,7 +165,7 @@ def _write(results: Iterator[list[Translation]], out: IO[str], *, render: Callab
     Streamed input can fail part-way (a NUL byte at line 5,000 of stdin): the error then says how many
     lines were already translated, so that a partial output is never taken for a whole one.
     """
-    from seq2seq.errors import Seq2SeqError
+    from seq2seq import Seq2SeqError
 
     count = pieces = 0
     try:

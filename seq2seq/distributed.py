@@ -57,24 +57,24 @@ class World:
             return model
         return nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
 
-    def on_main(self, work: Callable[[], T]) -> T:
-        """Run `work` on rank 0 alone; every rank returns its result (pickled across), or raises the Seq2SeqError
-        it raised. The other ranks wait here meanwhile, so this is also a barrier after rank 0's writes."""
+    def on_main(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`work(*args, **kwargs)` on rank 0 alone; every rank returns its result (pickled across), or raises the
+        Seq2SeqError it raised. The other ranks wait here meanwhile, so this is also a barrier after rank 0's writes."""
         if self.size == 1:
-            return work()
-        outcome: list[Any] = [_attempt(work) if self.is_main else None]
+            return work(*args, **kwargs)
+        outcome: list[Any] = [_attempt(work, args, kwargs) if self.is_main else None]
         dist.broadcast_object_list(outcome, src=0)
         result, error = outcome[0]
         if error is not None:
             raise error
         return result
 
-    def everywhere(self, work: Callable[[], T]) -> T:
-        """Run `work` on every rank, each keeping its own result; if it raised a Seq2SeqError on any rank, every
-        rank raises it (the lowest rank's), so that none goes on to wait for a rank that has stopped."""
+    def everywhere(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`work(*args, **kwargs)` on every rank, each keeping its own result; if it raised a Seq2SeqError on any
+        rank, every rank raises it (the lowest rank's), so that none goes on to wait for a rank that has stopped."""
         if self.size == 1:
-            return work()
-        result, error = _attempt(work)
+            return work(*args, **kwargs)
+        result, error = _attempt(work, args, kwargs)
         errors: list[Any] = [None] * self.size
         dist.all_gather_object(errors, error)
         for rank, failure in enumerate(errors):
@@ -112,9 +112,9 @@ class World:
 ALONE = World()  # one process: no process group, every method a plain call
 
 
-def _attempt(work: Callable[[], T]) -> tuple[T | None, Seq2SeqError | None]:
+def _attempt(work: Callable[..., T], args: tuple, kwargs: dict[str, Any]) -> tuple[T | None, Seq2SeqError | None]:
     try:
-        return work(), None
+        return work(*args, **kwargs), None
     except Seq2SeqError as error:
         return None, error
 
@@ -156,14 +156,6 @@ def join(backend: str = "auto", device: str = "auto") -> Iterator[World]:
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()
-
-
-def is_main_process() -> bool:
-    """Whether this process is rank 0, or alone: the one that speaks for a run. Known before the run joins its
-    group (from torchrun's RANK), so that a command line can keep the other ranks quiet from the start."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return _environment_int("RANK", default=0) == 0
 
 
 def _world(backend: str) -> World:

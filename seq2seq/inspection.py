@@ -9,23 +9,22 @@ raise the same errors here, before anyone waits for them.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from seq2seq import checkpoint, devices, runfolder
+from seq2seq import devices
 from seq2seq.config import Config, TrainConfig
-from seq2seq.data import Examples, FilterStats, collate, encode_pairs, plan_batches, read_parallel
-from seq2seq.errors import ConfigError, DataError
+from seq2seq.data import Examples, FilterStats, collate, plan_batches
+from seq2seq.distributed import World
 from seq2seq.model import Seq2Seq
 from seq2seq.optim import build_optimizer
-from seq2seq.tokenizer import UNK_ID, Tokenizer, TokenizerCache, train_tokenizers
+from seq2seq.runfolder import RunFolder
+from seq2seq.startup import start_run
+from seq2seq.tokenizer import UNK_ID, Tokenizer, TokenizerCache
 from seq2seq.training import update
-
-UNSEEN_SHOWN = 10  # the most frequent unseen characters a report lists, per side
 
 
 @dataclass(frozen=True)
@@ -59,34 +58,26 @@ def preview_training(
     cfg: Config, out_dir: str | Path | None = None, *, overwrite: bool = False, resume: bool = False, timed_updates: int = 5,
     tokenizer_cache: TokenizerCache | None = None,
 ) -> TrainingPreview:
-    """Check cfg.data (and `out_dir`, when given) as `train` would, and measure what can be measured; write nothing
-    (give a `tokenizer_cache` that is not writable to look tokenizers up there)."""
-    data = cfg.data
-    if not (data.source and data.target and data.valid_source and data.valid_target):
-        raise ConfigError("training needs data.source, data.target, data.valid_source and data.valid_target")
-    resumed = runfolder.check(Path(out_dir), cfg, overwrite=overwrite, resume=resume) if out_dir is not None else None
-    src_lines, tgt_lines = read_parallel(data.source, data.target)
-    valid_src, valid_tgt = read_parallel(data.valid_source, data.valid_target)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    tokenizers = resumed.checkpoint.tokenizers if resumed else train_tokenizers(src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache)
-    examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length)
-    if not examples:
-        raise DataError(f"{data.source}: no usable training pairs ({stats.empty} empty, {stats.too_long} too long)")
-    valid_examples, valid_stats = encode_pairs(valid_src, valid_tgt, tokenizers, max_length=0)
-    model = resumed.checkpoint.model if resumed else checkpoint.build_model(cfg, tokenizers)
+    """Start the run as `train` would (`seq2seq.startup`: every check, the folder's too when `out_dir` is
+    given) and measure what can be measured; write nothing (give a `tokenizer_cache` that is not writable to
+    look tokenizers up there)."""
+    folder = RunFolder(out_dir) if out_dir is not None else None
+    world = World(device=devices.resolve(cfg.train.device))
+    begun = start_run(cfg, folder, world, overwrite=overwrite, resume=resume, tokenizer_cache=tokenizer_cache, create=False,
+                  count_unseen=True)
+    assert begun.unseen is not None, "asked for"
+    tokenizers, examples = begun.tokenizers, begun.examples
     # How many batches an epoch has depends on the lengths alone, not on the seeded shuffle.
     plan = plan_batches(examples, batch_tokens=cfg.train.batch_tokens, generator=torch.Generator().manual_seed(cfg.train.seed))
-    seconds = _time_updates(model, examples, plan, cfg.train, timed_updates)
+    seconds = _time_updates(begun.model, examples, plan, cfg.train, timed_updates, world.device)
     return TrainingPreview(
-        train_lines=len(src_lines), valid_lines=len(valid_src), train=stats, valid_empty=valid_stats.empty,
-        src_vocab=tokenizers.src.vocab_size, tgt_vocab=tokenizers.tgt.vocab_size, joint=tokenizers.joint,
-        src_unknown=unknown_share(tokenizers.src, valid_src), tgt_unknown=unknown_share(tokenizers.tgt, valid_tgt),
-        src_unseen=unseen_characters(src_lines, valid_src), tgt_unseen=unseen_characters(tgt_lines, valid_tgt),
-        parameters=sum(param.numel() for param in model.parameters()), batches_per_epoch=len(plan),
+        train_lines=begun.train_lines, valid_lines=len(begun.valid_src), train=begun.stats,
+        valid_empty=begun.valid_stats.empty, src_vocab=tokenizers.src.vocab_size, tgt_vocab=tokenizers.tgt.vocab_size,
+        joint=tokenizers.joint, src_unknown=unknown_share(tokenizers.src, begun.valid_src),
+        tgt_unknown=unknown_share(tokenizers.tgt, begun.valid_tgt), src_unseen=begun.unseen[0], tgt_unseen=begun.unseen[1],
+        parameters=sum(param.numel() for param in begun.model.parameters()), batches_per_epoch=len(plan),
         timed_updates=min(timed_updates, len(plan)), seconds_per_update=seconds,
-        resumed_step=resumed.state.step if resumed else 0,
+        resumed_step=begun.resumed.state.step if begun.resumed else 0,
     )
 
 
@@ -97,14 +88,9 @@ def unknown_share(tokenizer: Tokenizer, lines: Sequence[str]) -> float:
     return sum(ids.count(UNK_ID) for ids in encoded) / pieces if pieces else 0.0
 
 
-def unseen_characters(train_lines: Sequence[str], valid_lines: Sequence[str]) -> list[tuple[str, int]]:
-    """Characters of the validation lines that no training line holds, most frequent first: what will become <unk>."""
-    seen = set("".join(train_lines))
-    counts = Counter(char for char in "".join(valid_lines) if char not in seen and not char.isspace())
-    return counts.most_common(UNSEEN_SHOWN)
-
-
-def _time_updates(model: Seq2Seq, examples: Examples, plan: list[list[int]], settings: TrainConfig, count: int) -> float:
+def _time_updates(
+    model: Seq2Seq, examples: Examples, plan: list[list[int]], settings: TrainConfig, count: int, device: torch.device,
+) -> float:
     """Mean seconds of `count` real updates on batches spread from the epoch's smallest to its largest.
 
     Batch cost varies with sentence length (a recurrent decoder runs one step per target position), so
@@ -120,10 +106,7 @@ def _time_updates(model: Seq2Seq, examples: Examples, plan: list[list[int]], set
     by_cost = sorted(plan, key=cost)
     count = min(count, len(by_cost))
     chosen = [by_cost[round(k * (len(by_cost) - 1) / max(count - 1, 1))] for k in range(count)]
-    device = devices.resolve(settings.device)
-    if settings.precision == "bf16":
-        devices.require_bf16_units(device)
-    model.to(device).train()
+    model.train()
     optimizer = build_optimizer(model.parameters(), settings)
     update(model, optimizer, collate([examples[i] for i in by_cost[len(by_cost) // 2]]).to(device), settings)
     start = time.perf_counter()

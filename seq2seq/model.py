@@ -9,7 +9,6 @@ State is a value passed in and returned; the modules remember nothing between ca
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
@@ -57,7 +56,7 @@ class RecurrentCell(nn.Module):
         self.hidden_map = nn.Linear(hidden_dim, GATES[kind] * hidden_dim, bias=kind == "gru")
 
     def forward(self, input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_gates = few_rows_linear(self.hidden_map, h)  # (batch, gates * hidden)
+        hidden_gates = self.hidden_map(h)  # (batch, gates * hidden)
         if self.kind == "lstm":
             i, f, candidate, o = (input_gates + hidden_gates).chunk(4, dim=-1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(candidate)
@@ -203,11 +202,11 @@ class Seq2Seq(nn.Module):
         are a by-product of the step, returned rather than kept on the module.
         """
         if self.input_feeding:
-            input_gates = input_gates + few_rows_linear(self.feed_map, state.feed)
+            input_gates = input_gates + self.feed_map(state.feed)
         hs, cs = [], []
         for layer, cell in enumerate(self.cells):
             if layer > 0:
-                input_gates = few_rows_linear(cell.input_map, self.layer_dropout(hs[-1]))
+                input_gates = cell.input_map(self.layer_dropout(hs[-1]))
             h, c = cell(input_gates, state.h[:, layer], state.c[:, layer])
             hs.append(h)
             cs.append(c)
@@ -218,34 +217,14 @@ class Seq2Seq(nn.Module):
         return attentional, DecoderState(torch.stack(hs, 1), torch.stack(cs, 1), attentional), weights
 
     def _logits(self, attentional: torch.Tensor) -> torch.Tensor:
-        return few_rows_linear(self.out, self.out_proj(attentional) if hasattr(self, "out_proj") else attentional)
-
-    def int8_input_ranges(self) -> dict[str, tuple[float, float]]:
-        """The range every linear layer's input keeps to in inference, where the architecture fixes it (for int8).
-
-        Hidden states and the encoder's outputs come out of tanh or an LSTM's o * tanh(c); attention
-        contexts are weighted averages of encoder outputs; attentional vectors come out of tanh. All lie
-        in [-1, 1]. The first layer reads target embeddings, inside the table's own range. Left out:
-        Bahdanau's energy layer, and the output layer when a projection feeds it (a tied output layer of
-        another width), since nothing bounds the projection's output.
-        """
-        unit = (-1.0, 1.0)
-        embeddings = self.tgt_embed.weight
-        ranges = {"cells.0.input_map": (embeddings.min().item(), embeddings.max().item())}
-        ranges |= {f"cells.{layer}.input_map": unit for layer in range(1, self.layers)}
-        ranges |= {f"cells.{layer}.hidden_map": unit for layer in range(self.layers)}
-        ranges |= dict.fromkeys(("bridge", "feed_map", "attention.key_map", "attention.query_map", "combine", "out_proj"), unit)
-        if not hasattr(self, "out_proj"):
-            ranges["out"] = unit
-        present = dict(self.named_modules())
-        return {name: span for name, span in ranges.items() if name in present}
+        return self.out(self.out_proj(attentional) if hasattr(self, "out_proj") else attentional)
 
     def decode_step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
         """tokens (rows,) -> log-probabilities (rows, tgt_vocab) of the next token, and the new state.
 
         The rows are the memory's sentences, or a whole number of rows per sentence (its beams, side by side).
         """
-        input_gates = few_rows_linear(self.cells[0].input_map, self.embedding_dropout(self.tgt_embed(tokens)))
+        input_gates = self.cells[0].input_map(self.embedding_dropout(self.tgt_embed(tokens)))
         attentional, state, _ = self._step(input_gates, state, memory)
         return F.log_softmax(self._logits(attentional).float(), dim=-1), state
 
@@ -293,87 +272,3 @@ def _embedding(vocab: int, dim: int) -> nn.Embedding:
     """An embedding whose weights `Seq2Seq` initialises: nn.Embedding's own initialisation zeroes the
     padding row with an indexing op that costs about 1 s on the meta device (see `from_state`)."""
     return nn.Embedding.from_pretrained(torch.empty(vocab, dim), freeze=False, padding_idx=PAD_ID)
-
-
-FEW_ROWS = 64         # up to here W x^T beat x W^T on this CPU; at 320 rows the two took the same time
-WIDE_OUTPUTS = 2048   # layers with 2,048 and 8,000 outputs gained from the swap, 512-wide ones lost
-
-
-def few_rows_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`; without autograd, for an fp32 `x` of a few rows by a wide layer on the CPU, computed
-    as (W x^T)^T.
-
-    For an fp32 product of a few rows by a wide matrix, MKL takes a slow path: beam search's 5 rows
-    by the 8,000 x 512 output layer took 2.2-2.7 ms as x W^T and 0.9-1.4 ms as W x^T, the same
-    product with the operands swapped (bench/README.md). Search calls it for the layers it runs at
-    every step. Other layers, dtypes and devices are left to `layer` itself, and so are training
-    (autograd on) and bf16 autocast, whose inputs are still fp32: the swap was slower there (bf16 greedy
-    search ran at half speed).
-    """
-    if torch.is_grad_enabled() or type(layer) is not nn.Linear or layer.out_features < WIDE_OUTPUTS \
-            or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") \
-            or x.dim() != 2 or x.size(0) > FEW_ROWS:
-        return layer(x)
-    if layer.bias is None:
-        return torch.mm(layer.weight, x.t()).t()
-    return torch.addmm(layer.bias.unsqueeze(1), layer.weight, x.t()).t()
-
-
-FIXED_RANGE_ENGINES = ("x86", "fbgemm")  # torch's int8 engines with a product over a fixed input range (not Arm's)
-INPUT_LEVELS = 127  # inputs are quantized to 0..127, not 0..255: the AVX2 kernels add pairs of u8 x s8 products
-                    # in 16 bits, which 7-bit inputs cannot overflow (torch's dynamic quantization does the same)
-
-
-class Int8Linear(nn.Module):
-    """A linear layer with int8 weights whose input is quantized over a range fixed in advance.
-
-    torch's dynamic quantization scales each product's input by the range of the whole batch, so a
-    sentence's rounding, and sometimes its translation, depended on the sentences beside it: 126 of
-    the 1,000 Multi30k test sentences came out differently at batch 64 and at batch 1 (bench/README.md).
-    Over a fixed range, each row is quantized on its own. The weights are quantized as torch does it:
-    one symmetric scale for the layer.
-    """
-
-    def __init__(self, linear: nn.Linear, low: float, high: float) -> None:
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach()
-        weight_scale = max(weight.abs().max().item() / 127.5, torch.finfo(torch.float32).eps)
-        bias = linear.bias.detach() if linear.bias is not None else None
-        self.packed = torch.ops.quantized.linear_prepack(torch.quantize_per_tensor(weight, weight_scale, 0, torch.qint8), bias)
-        low, high = min(low, 0.0), max(high, 0.0)
-        self.input_scale = max(high - low, torch.finfo(torch.float32).eps) / INPUT_LEVELS
-        self.input_zero_point = round(-low / self.input_scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-            x, self.input_scale, self.input_zero_point, self.packed)
-
-
-def quantized_int8(model: Seq2Seq) -> Seq2Seq:
-    """A copy for CPU inference whose linear layers hold int8 weights; everything between the products stays fp32.
-
-    On x86, every layer whose input range the architecture fixes (`int8_input_ranges`) is an `Int8Linear`,
-    so that a sentence's translation does not depend on its batch. The encoder stays fp32 for the same
-    reason: torch's int8 LSTM scales its input by batch, and with it 1 test sentence in 10 still changed
-    between batch sizes; it runs once per sentence, so int8 bought it little. Any other linear layer, and
-    all of them on other int8 engines (Arm), quantize their input with one scale per product, as torch's
-    dynamic quantization does. Bahdanau's energy layer stays fp32: its input, one vector per beam and
-    source position, would be quantized anew at every step for a product of one output column.
-    torch marks `torch.ao.quantization` as deprecated in favour of torchao (not a dependency here);
-    its notices are silenced because the user chose int8 and cannot act on them.
-    """
-    from copy import deepcopy
-
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
-
-    quantized = deepcopy(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if torch.backends.quantized.engine in FIXED_RANGE_ENGINES:
-            for name, (low, high) in quantized.int8_input_ranges().items():
-                owner, _, attribute = name.rpartition(".")
-                setattr(quantized.get_submodule(owner), attribute, Int8Linear(quantized.get_submodule(name), low, high))
-        # By type, then by name: a module named with None is left as it is.
-        plan = {nn.Linear: default_dynamic_qconfig, "attention.energy": None}
-        return quantize_dynamic(quantized, plan, dtype=torch.qint8, inplace=True)

@@ -124,6 +124,19 @@ def require_matplotlib() -> None:
         raise Seq2SeqError("drawing pictures needs matplotlib: pip install 'seq2seq[plot]' (or pip install matplotlib)") from None
 
 
+def prepare_picture_folder(folder: str | Path) -> Path:
+    """Check that pictures can be drawn and stored in `folder` (created if need be), before any work starts."""
+    require_matplotlib()
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError(f"{folder}: is a file; pictures need a folder") from None
+    except OSError as error:
+        raise DataError(f"{folder}: cannot create the folder ({error.strerror})") from None
+    return folder
+
+
 def _figure(width: int, height: int) -> Any:
     """An empty matplotlib Figure of width x height pixels on an Agg canvas."""
     require_matplotlib()

@@ -1,7 +1,9 @@
-"""The run folder, and the training state that lets a stopped run continue exactly.
+"""The run folder, the one owner of a run's files, and the training state that lets a stopped run continue exactly.
 
-A run folder holds config.toml, metrics.jsonl, best.pt and last.pt. Training refuses a folder that
-already holds a run unless it is told to replace it (overwrite) or to continue it (resume). Besides
+A run folder holds config.toml, metrics.jsonl, best.pt and last.pt (and step-N.pt with train.keep_best).
+Training refuses a folder that already holds a run unless it is told to replace it (overwrite) or to
+continue it (resume). Every file is written through `atomic_write`, in an order that keeps them
+consistent whenever the run is killed (`RunFolder.save`). Besides
 the model, last.pt carries what the loop needs to go on as if it had never stopped: the optimizer's
 moments, the learning-rate schedule's state, the loop's position (step, epoch, batches done in the
 epoch), the best BLEU so far, the metrics history (which early stopping counts from), the time trained
@@ -16,6 +18,8 @@ dropout masks.
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,9 +27,12 @@ from typing import Any, NamedTuple
 import torch
 
 from seq2seq import checkpoint
-from seq2seq.config import Config, TrainConfig, to_dict
+from seq2seq.config import Config, TrainConfig, to_dict, to_toml
 from seq2seq.errors import CheckpointError, ConfigError, DataError
+from seq2seq.model import Seq2Seq
 from seq2seq.optim import LearningRate
+from seq2seq.textio import atomic_write
+from seq2seq.tokenizer import Tokenizers
 
 RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt")
 KEPT_BEST = "step-*.pt"  # train.keep_best's extra checkpoints
@@ -63,23 +70,93 @@ class Resumed(NamedTuple):
     state: LoopState
 
 
-def check(out_dir: Path, cfg: Config, *, overwrite: bool, resume: bool, world_size: int = 1) -> Resumed | None:
-    """Decide whether a run may go into `out_dir`, writing nothing; when resuming, return what last.pt holds.
+class RunFolder:
+    """A run's folder and every file in it: checked, created, then written by the training loop through `save`."""
 
-    `world_size`: how many processes will train together; a run resumes only with as many as trained it.
-    """
-    if overwrite and resume:
-        raise ConfigError("--resume and --overwrite exclude each other: continue the run in the folder, or replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: is a file, but the run folder must be a folder")
-    if resume:
-        return _resumable(out_dir, cfg, world_size)
-    existing = [path.name for path in _run_files(out_dir)]
-    if existing and not overwrite:
-        raise ConfigError(
-            f"{out_dir} already holds a run ({', '.join(existing)}); pass --resume to continue it or --overwrite to replace it"
-        )
-    return None
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    def check(self, cfg: Config, *, overwrite: bool, resume: bool, world_size: int = 1) -> Resumed | None:
+        """Decide whether a run may go into the folder, writing nothing; when resuming, return what last.pt holds.
+
+        `world_size`: how many processes will train together; a run resumes only with as many as trained it.
+        """
+        if overwrite and resume:
+            raise ConfigError("--resume and --overwrite exclude each other: continue the run in the folder, or replace it")
+        if self.path.exists() and not self.path.is_dir():
+            raise DataError(f"{self.path}: is a file, but the run folder must be a folder")
+        if resume:
+            return _resumable(self.path, cfg, world_size)
+        existing = [path.name for path in self._run_files()]
+        if existing and not overwrite:
+            raise ConfigError(f"{self.path} already holds a run ({', '.join(existing)}); pass --resume to continue it "
+                              "or --overwrite to replace it")
+        return None
+
+    def create(self, cfg: Config, *, overwrite: bool) -> None:
+        """Create the folder, remove the replaced run's files and any temporary file a killed save left behind,
+        and write config.toml."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DataError(f"{self.path}: cannot create the run folder ({error.strerror})") from None
+        replaced = self._run_files() if overwrite else []
+        leftovers = [path for name in (*RUN_FILES, KEPT_BEST) for path in self.path.glob(f".{name}.*.tmp")]  # atomic_write's
+        for path in replaced + leftovers:
+            path.unlink(missing_ok=True)
+        with atomic_write(self.path / "config.toml") as file:
+            file.write(to_toml(cfg))
+
+    def save(
+        self, cfg: Config, tokenizers: Tokenizers, model: Seq2Seq, *, step: int, history: list[dict[str, Any]],
+        training: dict[str, Any], validated: bool,
+    ) -> None:
+        """Save the model at `step`: after a validation (the last row of `history`), best.pt on a new best and
+        step-N.pt among the train.keep_best best; then last.pt; then metrics.jsonl.
+
+        last.pt is what a resumed run starts from, so it is written once the other checkpoints agree with the
+        best score and the history it records; metrics.jsonl is rebuilt from it on resume.
+        """
+        row = history[-1] if validated else None
+        info = {"valid_bleu": row["valid_bleu"], "valid_loss": row["valid_loss"],
+                "bleu_signature": row["bleu_signature"]} if row else {}
+
+        def write(path: Path, **extra: Any) -> None:
+            checkpoint.save(path, config=cfg, tokenizers=tokenizers, model=model, step=step, info=info, **extra)
+
+        if row and row["best"]:
+            write(self.best)
+        if row and cfg.train.keep_best > 1:
+            kept = kept_steps(history, cfg.train.keep_best)
+            if step in kept:
+                write(self.path / f"step-{step}.pt")
+            for dropped in {row["step"] for row in history} - kept:
+                (self.path / f"step-{dropped}.pt").unlink(missing_ok=True)
+        write(self.last, training=training)
+        if row:
+            self.write_metrics(history)
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """metrics.jsonl: one JSON object per validation."""
+        with atomic_write(self.path / "metrics.jsonl") as file:
+            file.writelines(json.dumps(row) + "\n" for row in history)
+
+    def _run_files(self) -> list[Path]:
+        return [self.path / name for name in RUN_FILES if (self.path / name).exists()] + sorted(self.path.glob(KEPT_BEST))
+
+
+def kept_steps(history: Sequence[dict[str, Any]], keep: int) -> set[int]:
+    """The steps of the `keep` best validations in `history` (highest BLEU; on a tie, the earlier step)."""
+    ranked = sorted(history, key=lambda row: (-row["valid_bleu"], row["step"]))
+    return {row["step"] for row in ranked[:keep]}
 
 
 def _resumable(out_dir: Path, cfg: Config, world_size: int) -> Resumed:
@@ -126,22 +203,6 @@ def _changed_setting(saved: Config, cfg: Config) -> tuple[str, Any, Any] | None:
             if before != now[section][key] and not name.startswith(MAY_CHANGE_ON_RESUME):
                 return name, before, now[section][key]
     return None
-
-
-def prepare(out_dir: Path, *, overwrite: bool) -> None:
-    """Create the folder; remove the replaced run's files and any temporary file a killed save left behind."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DataError(f"{out_dir}: cannot create the run folder ({error.strerror})") from None
-    replaced = _run_files(out_dir) if overwrite else []
-    leftovers = [path for name in (*RUN_FILES, KEPT_BEST) for path in out_dir.glob(f".{name}.*.tmp")]  # atomic_write's
-    for path in replaced + leftovers:
-        path.unlink(missing_ok=True)
-
-
-def _run_files(out_dir: Path) -> list[Path]:
-    return [out_dir / name for name in RUN_FILES if (out_dir / name).exists()] + sorted(out_dir.glob(KEPT_BEST))
 
 
 def training_state(

@@ -20,6 +20,7 @@ import torch
 State = TypeVar("State", bound=tuple)
 StepFn = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
 Narrow = Callable[[torch.Tensor], StepFn]  # the step for some of the batch's sentences (a long tensor of their numbers)
+TopK = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]  # `torch_top_k`, or a faster equivalent
 
 
 class Hypothesis(NamedTuple):
@@ -79,38 +80,14 @@ def _constrain_(
         log_probs[rows, eos_id] = 0.0
 
 
-BLOCK = 64              # columns per block in `top_k`
-BLOCKS_FROM = 16 * 8000  # scores (rows x columns) from which `top_k` goes through blocks: below, torch.topk was as fast or faster
-
-
-def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`scores.topk(k, dim=-1)` for scores (rows, width): the k best of each row, best first, and their columns.
-
-    On the CPU, torch.topk (and max with indices) over a row of 8,000 log-probabilities is slow:
-    3.1 ms for beam search's 320 rows, against 0.2 ms for the rows' maxima alone (bench/README.md).
-    So large score tables are cut into blocks of BLOCK columns: a row's k best scores lie in the k
-    blocks with the highest maxima (a block holding one of them has a maximum at least that high,
-    and another block with a higher maximum holds a better score), plus the columns left over after
-    the last whole block. Only those k * BLOCK candidates are ranked. Ties may come out in another order.
-    """
-    rows, width = scores.shape
-    blocks = width // BLOCK
-    if scores.device.type != "cpu" or scores.numel() < BLOCKS_FROM or blocks < 8 * k:
-        return scores.topk(k, dim=-1)
-    body = scores[:, : blocks * BLOCK].view(rows, blocks, BLOCK)
-    _, best_blocks = body.amax(dim=-1).topk(k, dim=-1)                                   # (rows, k)
-    candidates = body.gather(1, best_blocks.unsqueeze(-1).expand(rows, k, BLOCK)).view(rows, -1)
-    columns = (best_blocks.unsqueeze(-1) * BLOCK + torch.arange(BLOCK)).view(rows, -1)
-    if width > blocks * BLOCK:
-        candidates = torch.cat([candidates, scores[:, blocks * BLOCK :]], dim=1)
-        columns = torch.cat([columns, torch.arange(blocks * BLOCK, width).expand(rows, -1)], dim=1)
-    best, picked = candidates.topk(k, dim=-1)
-    return best, columns.gather(1, picked)
+def torch_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best scores of each row (rows, width), best first, and their columns."""
+    return scores.topk(k, dim=-1)
 
 
 def greedy_search(
     step: StepFn, state: State, *, batch_size: int, bos_id: int, eos_id: int, max_lens: torch.Tensor,
-    min_length: int = 0, banned: Sequence[int] = (), narrow: Narrow | None = None,
+    min_length: int = 0, banned: Sequence[int] = (), narrow: Narrow | None = None, top_k: TopK = torch_top_k,
 ) -> list[Hypothesis]:
     """The most probable token at every step; one Hypothesis per sentence. With `narrow`, as in `beam_search`,
     finished sentences leave the batch."""
@@ -149,7 +126,7 @@ def _collect_greedy(results: list[Hypothesis], sentences: torch.Tensor, scores: 
 def beam_search(
     step: StepFn, state: State, *, batch_size: int, beam_size: int, bos_id: int, eos_id: int, max_lens: torch.Tensor,
     min_length: int = 0, alpha: float = 0.0, length_norm: bool = False, nbest: int = 1, banned: Sequence[int] = (),
-    narrow: Narrow | None = None,
+    narrow: Narrow | None = None, top_k: TopK = torch_top_k,
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first, found with `beam_size` beams.
 
@@ -163,6 +140,7 @@ def beam_search(
     Given `narrow(sentences)`, which returns the step for some of the batch's sentences (their beams
     are the state's rows, sentence by sentence), done sentences leave the batch, so that later steps
     compute only the sentences still searched; without it, they stay in as frozen rows.
+    `top_k` ranks each row's continuations (`seq2seq.speedups` has a faster one for the CPU).
     """
     assert 1 <= nbest <= beam_size, (nbest, beam_size)
     device = max_lens.device

@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -98,6 +98,19 @@ def read_lines(path: str | Path) -> list[str]:
             lines += _decode_lines(block[:end], name, len(lines))
         lines += _decode_lines(rest, name, len(lines))  # a last line without a newline
     return lines
+
+
+def source_lines(path: str | Path, *, on_invalid: Callable[[str], None]) -> tuple[Iterable[str], int | None]:
+    """The lines to translate from `path` ("-" = stdin), and their count.
+
+    A file is read and checked whole before anything is written (invalid UTF-8 is an error naming the
+    line), so its line count is known; stdin is streamed, so its invalid bytes become U+FFFD with a
+    warning through `on_invalid` instead, and its count is unknown (None).
+    """
+    if str(path) == "-":
+        return iter_lines("-", on_invalid=on_invalid), None
+    lines = read_lines(path)
+    return lines, len(lines)
 
 
 @contextmanager

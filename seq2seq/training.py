@@ -11,107 +11,33 @@ every decision (skip a non-finite update, a new best, stop) is taken once, the s
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seq2seq import checkpoint, devices, distributed, metrics, runfolder
-from seq2seq.config import Config, TrainConfig, to_toml
-from seq2seq.data import Batch, Examples, FilterStats, collate, encode_pairs, plan_batches, read_parallel, share
+from seq2seq import distributed, metrics, runfolder
+from seq2seq.config import Config, TrainConfig
+from seq2seq.data import Batch, Examples, collate, plan_batches, share
 from seq2seq.distributed import ALONE, World
-from seq2seq.errors import ConfigError, DataError, OutOfMemory
+from seq2seq.errors import OutOfMemory
+from seq2seq.events import LIMITS, DataReady, Event, Finished, NonFinite, Preparing, Report, StepsDone, Validated
 from seq2seq.model import Seq2Seq
 from seq2seq.optim import LearningRate, build_optimizer
-from seq2seq.runfolder import LoopState
-from seq2seq.textio import atomic_write
-from seq2seq.tokenizer import PAD_ID, TokenizerCache, Tokenizers, train_tokenizers
-from seq2seq.translation import translate_all
-
-LIMITS = ("max_steps", "max_time")
-COMPLETE = (*LIMITS, "patience")  # the run ended as its settings asked: validated and saved
+from seq2seq.runfolder import LoopState, RunFolder
+from seq2seq.startup import start_run
+from seq2seq.tokenizer import PAD_ID, TokenizerCache, Tokenizers
+from seq2seq.translator import Translator
 # Why a step may end the run, least urgent first; ranks that disagree (their clocks, their signals) take the
 # most urgent. A limit outranks a stop request, as in one process: the run then validates before it ends.
 STOP_RANKING = ("", "interrupted", "terminated", "max_time", "max_steps")
 
 
-@dataclass(frozen=True)
-class Preparing:
-    """A stage of the start, before the first update: on 1M pairs the start takes from 20 s to over a minute."""
-
-    stage: str   # "tokenizer" (trained, or taken from the cache), "encoding" or "planning"
-    pairs: int   # the training pairs it works on
-
-
-@dataclass(frozen=True)
-class DataReady:
-    train: FilterStats
-    valid_pairs: int
-    src_vocab: int
-    tgt_vocab: int
-    parameters: int
-    batches_per_epoch: int
-    resumed_step: int    # the step a resumed run continues after; 0 for a new run
-    cached_tokenizers: tuple[Path, ...] = ()  # tokenizer files taken from the cache instead of trained
-
-
-@dataclass(frozen=True)
-class StepsDone:
-    step: int
-    epoch: int
-    loss: float          # training loss per target token over the last `log_every` steps
-    grad_norm: float     # mean global gradient norm before clipping, over the same steps
-    grad_norm_max: float
-    clipped: int         # how many of those steps were rescaled to clip_norm
-    skipped: int         # steps whose loss or gradient was not finite (no update made)
-    tokens_per_s: float  # target tokens per second of wall clock (all ranks together), validation excluded
-    elapsed: float       # seconds trained, all sessions of a resumed run together
-
-
-@dataclass(frozen=True)
-class NonFinite:
-    step: int
-    loss: float
-    grad_norm: float
-    in_a_row: int        # updates skipped in a row; training stops at train.max_nonfinite
-
-
-@dataclass(frozen=True)
-class Validated:
-    step: int
-    loss: float          # cross-entropy per target token (no label smoothing)
-    perplexity: float
-    bleu: float          # greedy, detokenized, sacreBLEU
-    signature: str
-    is_best: bool
-    elapsed: float
-
-
-@dataclass(frozen=True)
-class Finished:
-    """How a run ended. "max_steps", "max_time" and "patience" (train.patience validations without a new
-    best BLEU): validated and saved. A reason `should_stop` gave
-    ("interrupted", "terminated"): last.pt saved at that step, without validating. "non_finite":
-    train.max_nonfinite updates in a row were skipped (or the weights went NaN); nothing was saved
-    at the end, so best.pt and last.pt are the last ones with finite weights."""
-
-    step: int
-    reason: str
-    best_path: Path
-    last_path: Path
-    best_bleu: float
-    elapsed: float
-
-
-Event = Preparing | DataReady | StepsDone | NonFinite | Validated | Finished
-Report = Callable[[Event], None]
 StopCheck = Callable[[], "str | None"]
 
 
@@ -120,11 +46,12 @@ class _Run:
     """What the loop works with and never reassigns."""
 
     cfg: Config
-    out_dir: Path
+    folder: RunFolder
     world: World
     tokenizers: Tokenizers
     model: Seq2Seq        # what is validated and saved: never wrapped
     network: nn.Module    # what the training forward goes through: the model, or DDP around it
+    translator: Translator  # greedy search with the model, for validation BLEU
     optimizer: torch.optim.Optimizer
     rate: LearningRate
     examples: Examples
@@ -144,11 +71,8 @@ def train(
     the same lines and settings. Nothing is written before the folder, the settings and the data have been checked.
     Under torchrun every process calls this alike (see `seq2seq.distributed`); only rank 0 writes and reports.
     """
-    data = cfg.data
-    if not (data.source and data.target and data.valid_source and data.valid_target):
-        raise ConfigError("training needs data.source, data.target, data.valid_source and data.valid_target")
     with distributed.join(cfg.train.backend, cfg.train.device) as world:
-        return _train(cfg, Path(out_dir), world, report if world.is_main else _silent, overwrite=overwrite,
+        return _train(cfg, RunFolder(out_dir), world, report if world.is_main else _silent, overwrite=overwrite,
                       resume=resume, should_stop=should_stop, tokenizer_cache=tokenizer_cache)
 
 
@@ -157,60 +81,28 @@ def _silent(event: Event) -> None:
 
 
 def _train(
-    cfg: Config, out_dir: Path, world: World, report: Report, *, overwrite: bool, resume: bool, should_stop: StopCheck,
+    cfg: Config, folder: RunFolder, world: World, report: Report, *, overwrite: bool, resume: bool, should_stop: StopCheck,
     tokenizer_cache: TokenizerCache | None,
 ) -> Finished:
-    data = cfg.data
-    if "bf16" in (cfg.train.precision, cfg.search.precision):  # search's too, or validation would stop the run
-        world.everywhere(lambda: devices.require_bf16_units(world.device))
-    # Every rank checks the folder and reads the data, writing nothing; an error on any rank stops them all.
-    resumed, src_lines, tgt_lines, valid_src, valid_tgt = world.everywhere(
-        lambda: _check_and_read(cfg, out_dir, world.size, overwrite=overwrite, resume=resume))
-    world.on_main(lambda: _prepare(out_dir, cfg, overwrite=overwrite))
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    if not resumed:
-        report(Preparing("tokenizer", len(src_lines)))
-    tokenizers = resumed.checkpoint.tokenizers if resumed else world.on_main(
-        partial(train_tokenizers, src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache))
-    report(Preparing("encoding", len(src_lines)))
-    examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length)
-    del src_lines, tgt_lines  # never read again; 1M pairs of text hold 0.3 GB
-    if not examples:
-        raise DataError(f"{data.source}: no usable training pairs ({stats.empty} empty, {stats.too_long} too long)")
-    valid_examples, _ = encode_pairs(valid_src, valid_tgt, tokenizers, max_length=0)
-    model = (resumed.checkpoint.model if resumed else checkpoint.build_model(cfg, tokenizers)).to(world.device)
+    begun = start_run(cfg, folder, world, overwrite=overwrite, resume=resume, report=report, tokenizer_cache=tokenizer_cache)
+    resumed, model = begun.resumed, begun.model
+    # Validation's translator is made before DDP wraps the model: it may swap layers (same parameters) in.
+    translator = Translator(model, begun.tokenizers, replace(cfg.search, beam_size=1, quantize="none"), device=world.device)
     network = world.wrap(model)  # every rank starts from rank 0's weights
     if world.size > 1 and not resumed:
         torch.manual_seed(cfg.train.seed + world.rank)  # each rank draws its own dropout masks
     optimizer, rate = build_optimizer(model.parameters(), cfg.train), LearningRate(cfg.train)
     state = runfolder.restore(resumed, optimizer, rate, rank=world.rank) if resumed else LoopState()
     if resumed:  # last.pt may be newer than metrics.jsonl (a kill between the two writes)
-        world.on_main(lambda: _write_metrics(out_dir / "metrics.jsonl", state.history))
-    run = _Run(cfg, out_dir, world, tokenizers, model, network, optimizer, rate, examples, valid_examples, valid_src,
-               valid_tgt)
-    report(Preparing("planning", len(examples)))
-    plan = _epoch_plan(examples, cfg.train, state.epoch, world.size)  # planned once: 1M pairs take seconds
-    report(DataReady(stats, len(valid_src), tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
+        world.on_main(folder.write_metrics, state.history)
+    run = _Run(cfg, folder, world, begun.tokenizers, model, network, translator, optimizer, rate, begun.examples,
+               begun.valid_examples, begun.valid_src, begun.valid_tgt)
+    report(Preparing("planning", len(begun.examples)))
+    plan = _epoch_plan(begun.examples, cfg.train, state.epoch, world.size)  # planned once: 1M pairs take seconds
+    report(DataReady(begun.stats, len(begun.valid_src), begun.tokenizers.src.vocab_size, begun.tokenizers.tgt.vocab_size,
                      sum(p.numel() for p in model.parameters()), len(plan), state.step,
                      tuple(tokenizer_cache.used) if tokenizer_cache else ()))
     return _loop(run, state, plan, report, should_stop)
-
-
-def _check_and_read(
-    cfg: Config, out_dir: Path, world_size: int, *, overwrite: bool, resume: bool
-) -> tuple[runfolder.Resumed | None, list[str], list[str], list[str], list[str]]:
-    resumed = runfolder.check(out_dir, cfg, overwrite=overwrite, resume=resume, world_size=world_size)
-    src_lines, tgt_lines = read_parallel(cfg.data.source, cfg.data.target)
-    valid_src, valid_tgt = read_parallel(cfg.data.valid_source, cfg.data.valid_target)
-    return resumed, src_lines, tgt_lines, valid_src, valid_tgt
-
-
-def _prepare(out_dir: Path, cfg: Config, *, overwrite: bool) -> None:
-    runfolder.prepare(out_dir, overwrite=overwrite)
-    with atomic_write(out_dir / "config.toml") as file:
-        file.write(to_toml(cfg))
 
 
 def _loop(run: _Run, state: LoopState, plan: list[list[int]], report: Report, should_stop: StopCheck) -> Finished:
@@ -252,7 +144,7 @@ def _loop(run: _Run, state: LoopState, plan: list[list[int]], report: Report, sh
         elif validate and not reason and settings.patience and _validations_without_best(state) >= settings.patience:
             reason = "patience"
         if reason:
-            finished = Finished(state.step, reason, run.out_dir / "best.pt", run.out_dir / "last.pt", state.best_bleu,
+            finished = Finished(state.step, reason, run.folder.best, run.folder.last, state.best_bleu,
                                 time.perf_counter() - start)
             report(finished)
             return finished
@@ -311,21 +203,16 @@ def _validations_without_best(state: LoopState) -> int:
 
 
 def _checkpoint(run: _Run, state: LoopState, report: Report, *, validate: bool) -> bool:
-    """Validate if asked, then save best.pt (on a new best) and step-N.pt (keep_best), last.pt and
-    metrics.jsonl, in that order.
+    """Validate if asked, then save (`RunFolder.save`). Returns False, saving nothing, if the weights are not all
+    finite: a checkpoint never holds NaN or inf weights.
 
-    last.pt is what a resumed run starts from, so it is written once the other checkpoints agree with the
-    best BLEU and history it records; metrics.jsonl is rebuilt from it on resume. Returns False, saving
-    nothing, if the weights are not all finite: a checkpoint never holds NaN or inf weights.
     With several ranks, rank 0 checks, validates and saves (with every rank's RNG state); every rank records
     the result, since the schedule and early stopping depend on it.
     """
-    finite, result = run.world.on_main(lambda: _examine(run, state, validate=validate))
+    finite, result = run.world.on_main(_examine, run, state, validate=validate)
     if not finite:
         return False
-    info: dict = {}
     if result:
-        info = {"valid_bleu": result.bleu, "valid_loss": result.loss, "bleu_signature": result.signature}
         state.history.append({"step": state.step, "epoch": state.epoch, "elapsed_s": round(result.elapsed, 1),
                               "lr": run.optimizer.param_groups[0]["lr"], "valid_loss": result.loss,
                               "valid_ppl": result.perplexity, "valid_bleu": result.bleu,
@@ -334,7 +221,7 @@ def _checkpoint(run: _Run, state: LoopState, report: Report, *, validate: bool) 
         if result.is_best:
             state.best_bleu = result.bleu
     rng_by_rank = run.world.gather(runfolder.rng_state(run.world.device)) if run.world.size > 1 else None
-    run.world.on_main(lambda: _save_all(run, state, result, info, rng_by_rank))
+    run.world.on_main(_save, run, state, validated=result is not None, rng_by_rank=rng_by_rank)
     if result:
         report(result)
     return True
@@ -347,31 +234,10 @@ def _examine(run: _Run, state: LoopState, *, validate: bool) -> tuple[bool, Vali
     return True, _validate(run, state) if validate else None
 
 
-def _save_all(run: _Run, state: LoopState, result: Validated | None, info: dict, rng_by_rank: list | None) -> None:
-    if result and result.is_best:
-        _save(run, "best.pt", state.step, info)
-    if result:
-        _keep_best(run, state, info)
-    _save(run, "last.pt", state.step, info,
-          training=runfolder.training_state(state, run.optimizer, run.rate, rng_by_rank=rng_by_rank))
-    if result:
-        _write_metrics(run.out_dir / "metrics.jsonl", state.history)
-
-
-def _keep_best(run: _Run, state: LoopState, info: dict) -> None:
-    """With train.keep_best = N > 1, keep step-N.pt files of the N best validations so far (for `seq2seq average`)."""
-    if run.cfg.train.keep_best < 2:
-        return
-    ranked = sorted(state.history, key=lambda row: (-row["valid_bleu"], row["step"]))  # ties: the earlier step
-    if state.step in {row["step"] for row in ranked[: run.cfg.train.keep_best]}:
-        _save(run, f"step-{state.step}.pt", state.step, info)
-    for row in ranked[run.cfg.train.keep_best :]:
-        (run.out_dir / f"step-{row['step']}.pt").unlink(missing_ok=True)
-
-
-def _save(run: _Run, name: str, step: int, info: dict, training: dict | None = None) -> None:
-    checkpoint.save(run.out_dir / name, config=run.cfg, tokenizers=run.tokenizers, model=run.model, step=step,
-                    info=info, training=training)
+def _save(run: _Run, state: LoopState, *, validated: bool, rng_by_rank: list | None) -> None:
+    training = runfolder.training_state(state, run.optimizer, run.rate, rng_by_rank=rng_by_rank)
+    run.folder.save(run.cfg, run.tokenizers, run.model, step=state.step, history=state.history, training=training,
+                    validated=validated)
 
 
 def _epoch_plan(examples: Examples, settings: TrainConfig, epoch: int, ranks: int) -> list[list[int]]:
@@ -420,12 +286,7 @@ def _validate(run: _Run, state: LoopState) -> Validated:
             loss_sum += float(F.cross_entropy(logits, batch.tgt_out[real], reduction="sum"))
             tokens += batch.tgt_tokens
     model.train()
-    hypotheses = translate_all(model, run.tokenizers, run.valid_src, replace(run.cfg.search, beam_size=1))
+    hypotheses = [best.text for best, *_ in run.translator.translate(run.valid_src)]
     bleu, signature = metrics.bleu(hypotheses, run.valid_tgt)
     loss = loss_sum / max(tokens, 1)
     return Validated(state.step, loss, math.exp(min(loss, 50.0)), bleu, signature, bleu > state.best_bleu, state.elapsed)
-
-
-def _write_metrics(path: Path, history: list[dict]) -> None:
-    with atomic_write(path) as file:
-        file.writelines(json.dumps(row) + "\n" for row in history)

@@ -7,7 +7,6 @@ recomputed after the search by teacher forcing so that the search itself stays m
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from itertools import islice
 from typing import NamedTuple, TypeVar
@@ -18,10 +17,10 @@ from seq2seq import devices
 from seq2seq.config import SearchConfig
 from seq2seq.data import pad
 from seq2seq.errors import ConfigError, OutOfMemory
-from seq2seq.model import Memory, Seq2Seq, quantized_int8
-from seq2seq.search import Hypothesis, Narrow, StepFn, beam_search, greedy_search, reorder
+from seq2seq.model import Memory, Seq2Seq
+from seq2seq.search import Hypothesis, Narrow, StepFn, TopK, beam_search, greedy_search, reorder, torch_top_k
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
-from seq2seq.workers import WorkerPool, worker_count
+from seq2seq.workers import map_in_order
 
 Line = TypeVar("Line")
 Done = TypeVar("Done")
@@ -42,6 +41,11 @@ class Translation(NamedTuple):
     tokens: list[int]   # target piece ids, without BOS/EOS
     attention: SourceAttention | None = None  # only when asked for; None for an empty input
 
+    @property
+    def alignment(self) -> list[tuple[int, int]]:
+        """(source, target) piece index pairs, 0-based (`hard_alignment`); empty without attention."""
+        return hard_alignment(self.attention.weights) if self.attention is not None else []
+
 
 @contextmanager
 def _inference(model: Seq2Seq, precision: str) -> Iterator[None]:
@@ -58,7 +62,9 @@ def _inference(model: Seq2Seq, precision: str) -> Iterator[None]:
         model.train(was_training)
 
 
-def search_batch(model: Seq2Seq, sources: Sequence[Sequence[int]], search: SearchConfig, *, nbest: int = 1) -> list[list[Hypothesis]]:
+def search_batch(
+    model: Seq2Seq, sources: Sequence[Sequence[int]], search: SearchConfig, *, nbest: int = 1, top_k: TopK = torch_top_k,
+) -> list[list[Hypothesis]]:
     """Search for a batch of encoded, non-empty sources (EOS appended here): nbest hypotheses each, on the
     model's device."""
     src, src_lens = _on_device(model, pad([[*ids, EOS_ID] for ids in sources]))
@@ -68,13 +74,13 @@ def search_batch(model: Seq2Seq, sources: Sequence[Sequence[int]], search: Searc
         if search.beam_size == 1 and nbest == 1:
             best = greedy_search(_step_fn(model, memory), state, batch_size=len(sources), bos_id=BOS_ID,
                                  eos_id=EOS_ID, max_lens=max_lens, min_length=search.min_length, banned=BARRED,
-                                 narrow=_narrowing(model, memory))
+                                 narrow=_narrowing(model, memory), top_k=top_k)
             return [[hyp] for hyp in best]
         return beam_search(_step_fn(model, memory), state,
                            batch_size=len(sources), beam_size=search.beam_size, bos_id=BOS_ID, eos_id=EOS_ID,
                            max_lens=max_lens, min_length=search.min_length, alpha=search.length_penalty,
                            length_norm=search.length_norm, nbest=nbest, banned=BARRED,
-                           narrow=_narrowing(model, memory))
+                           narrow=_narrowing(model, memory), top_k=top_k)
 
 
 def attention_batch(
@@ -122,22 +128,22 @@ def _narrowing(model: Seq2Seq, memory: Memory) -> Narrow:
 def translate(
     model: Seq2Seq, tokenizers: Tokenizers, lines: Iterable[str], search: SearchConfig, *,
     nbest: int = 1, chunk_lines: int | None = None, attention: bool = False, max_source_pieces: int = 0,
-    on_cut: Callable[[int, int], None] = lambda number, pieces: None, workers: int = 1,
+    on_cut: Callable[[int, int], None] = lambda number, pieces: None, workers: int = 1, top_k: TopK = torch_top_k,
 ) -> Iterator[list[Translation]]:
     """Yield the nbest translations of each line, in input order, as soon as its chunk is done.
 
-    Lines are read `chunk_lines` at a time (default: 8 batches), sorted by length inside the chunk
-    so that batches carry little padding, and put back in order; memory stays flat however long
-    the input. An empty line gives an empty translation without calling the model. With
+    The pipeline alone, for a model already prepared (`seq2seq.translator.Translator` prepares one and
+    checks the options). Lines are read `chunk_lines` at a time (default: 8 batches), sorted by length
+    inside the chunk so that batches carry little padding, and put back in order; memory stays flat
+    however long the input. An empty line gives an empty translation without calling the model. With
     `attention`, every hypothesis carries its `SourceAttention`.
 
     A line longer than `max_source_pieces` (0 = no limit) is translated from its first pieces only,
     after `on_cut(line_number, pieces)`: decoding time grows with the source, so one 100,000-character
     line could stall a whole file; cut, it still gets its one output line.
-    With `search.quantize = "int8"`, a quantized copy of the model translates; `model` is left as it is.
     With `workers` above 1, that many forked processes search the batches side by side on the CPU
-    (`seq2seq.workers`; 0 = one per core): the results are the same as one process's, up to rounding,
-    and a chunk comes out once the next one has been read and handed to them.
+    (`seq2seq.workers`): the results are the same as one process's, up to rounding, and a chunk comes
+    out once the next one has been read and handed to them.
     """
     # checked now, not when the first line is read
     if attention and model.attention is None:
@@ -145,12 +151,9 @@ def translate(
                           "to draw or align (--attention-plot, --alignment)")
     if search.precision == "bf16":
         devices.require_bf16_units(devices.of(model))
-    if search.quantize == "int8":
-        devices.require_int8_units()
-        model = quantized_int8(model)
     return _translate(model, tokenizers, iter(lines), search, nbest=nbest, chunk_lines=chunk_lines or 8 * search.batch_size,
-                      attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut,
-                      workers=worker_count(workers, devices.of(model)))
+                      attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut, workers=workers,
+                      top_k=top_k)
 
 
 class _Chunk(NamedTuple):
@@ -167,20 +170,20 @@ BatchResult = list[list[tuple[Hypothesis, SourceAttention | None]]]  # per line 
 def _translate(
     model: Seq2Seq, tokenizers: Tokenizers, lines: Iterator[str], search: SearchConfig, *,
     nbest: int, chunk_lines: int, attention: bool, max_source_pieces: int, on_cut: Callable[[int, int], None],
-    workers: int,
+    workers: int, top_k: TopK,
 ) -> Iterator[list[Translation]]:
     """`translate`'s loop, once its arguments are checked."""
     device = devices.of(model)
 
     def search_lines(sources: list[list[int]]) -> BatchResult:
-        found = _halving(lambda part: search_batch(model, part, search, nbest=nbest), sources, len, device)
+        found = _halving(lambda part: search_batch(model, part, search, nbest=nbest, top_k=top_k), sources, len, device)
         looked = (_halving(lambda part: _attention(model, part, search.precision), list(zip(sources, found)),
                            lambda line: len(line[0]), device)
                   if attention else [[None] * len(hypotheses) for hypotheses in found])
         return [list(zip(hypotheses, seen)) for hypotheses, seen in zip(found, looked)]
 
     chunks = _chunks(tokenizers, lines, search.batch_size, chunk_lines, max_source_pieces, on_cut)
-    for chunk, found in _searched(chunks, search_lines, workers):
+    for chunk, found in map_in_order(search_lines, chunks, lambda chunk: chunk.sources, workers):
         results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in range(chunk.size)]
         # one SentencePiece call per chunk: each call has a fixed cost (it starts threads)
         texts = iter(tokenizers.tgt.decode([hyp.tokens for batch in found for line in batch for hyp, _ in line]))
@@ -207,51 +210,6 @@ def _chunks(
         order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
         numbers = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         yield _Chunk(len(chunk), numbers, [[encoded[i] for i in batch] for batch in numbers])
-
-
-def _searched(
-    chunks: Iterator[_Chunk], search_lines: Callable[[list[list[int]]], BatchResult], workers: int,
-) -> Iterator[tuple[_Chunk, list[BatchResult]]]:
-    """Each chunk with its batches' results, in order.
-
-    With more than one worker, the workers start at the first chunk of two batches or more (a single
-    sentence is not worth a process), and every later chunk goes to them. Its batches are queued before
-    the previous chunk's results are collected, so that the workers do not wait while the next lines are
-    read and the finished ones written. If reading fails (a bad line on stdin), the chunk already queued
-    still comes out first.
-    """
-    pool: WorkerPool | None = None
-    queued: tuple[_Chunk, list[Future]] | None = None  # a chunk whose batches the workers have
-    try:
-        while True:
-            try:
-                chunk = next(chunks, None)
-            except Exception:
-                if queued is not None:
-                    yield _collected(pool, queued)
-                raise
-            if chunk is None:
-                break
-            if pool is None and workers > 1 and len(chunk.sources) > 1:
-                pool = WorkerPool(search_lines, workers, threads=max(1, torch.get_num_threads() // workers))
-            if pool is None:
-                yield chunk, [search_lines(sources) for sources in chunk.sources]
-                continue
-            # longest batches first, so that the last to finish are short ones and no worker idles long at the end
-            submitted = chunk, [pool.submit(sources) for sources in reversed(chunk.sources)][::-1]
-            if queued is not None:
-                yield _collected(pool, queued)
-            queued = submitted
-        if queued is not None:
-            yield _collected(pool, queued)
-    finally:
-        if pool is not None:
-            pool.close()
-
-
-def _collected(pool: WorkerPool, queued: tuple[_Chunk, list[Future]]) -> tuple[_Chunk, list[BatchResult]]:
-    chunk, futures = queued
-    return chunk, [pool.result(future) for future in futures]
 
 
 def _halving(
@@ -281,9 +239,3 @@ def _attention(
     pairs = [(source, hyp.tokens) for source, hypotheses in lines for hyp in hypotheses]
     weights = iter(attention_batch(model, [src for src, _ in pairs], [out for _, out in pairs], precision=precision))
     return [[SourceAttention(source, next(weights)) for _ in hypotheses] for source, hypotheses in lines]
-
-
-def translate_all(model: Seq2Seq, tokenizers: Tokenizers, lines: Sequence[str], search: SearchConfig) -> list[str]:
-    """The best translation of every line, as text (what validation scores)."""
-    return [best[0].text for best in translate(model, tokenizers, lines, search, chunk_lines=len(lines) or 1)]
-

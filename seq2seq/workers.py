@@ -19,17 +19,21 @@ import multiprocessing
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from seq2seq.errors import ConfigError, WorkerDied
 
 PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal a process gets when the thread that forked it ends
-AUTO_WORKERS_MAX = 8  # a chunk of input is 8 batches (`translation.translate`): more workers would wait
+AUTO_WORKERS_MAX = 8  # a chunk of input is 8 batches (`seq2seq.translation`): more workers would wait
+
+Group = TypeVar("Group")
+Item = TypeVar("Item")
+Done = TypeVar("Done")
 
 _job: Callable[[Any], Any] | None = None  # in a worker: what it runs on each item (inherited through fork)
 
@@ -118,3 +122,50 @@ class WorkerPool:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._closing.set()
         self._forker.join()
+
+
+def map_in_order(
+    job: Callable[[Item], Done], groups: Iterator[Group], items_of: Callable[[Group], Sequence[Item]], workers: int,
+) -> Iterator[tuple[Group, list[Done]]]:
+    """Each group with `job`'s result for each of its items, in order; with `workers` above 1, in a `WorkerPool`.
+
+    The workers start at the first group of two items or more (one item is not worth a process), and
+    every later group goes to them. A group's items are queued before the previous group's results are
+    collected, so that the workers do not wait while the caller reads the next group and writes the
+    finished one. If reading a group fails (a bad line on stdin), the group already queued still comes
+    out first. A group's items are submitted last first: a chunk's batches are sorted by length, so the
+    longest start first and no worker idles long at the end.
+    """
+    pool: WorkerPool | None = None
+    queued: tuple[Group, list[Future]] | None = None  # a group whose items the workers have
+    try:
+        while True:
+            try:
+                group = next(groups, None)
+            except Exception:
+                if queued is not None:
+                    yield _collected(pool, queued)
+                raise
+            if group is None:
+                break
+            items = items_of(group)
+            if pool is None and workers > 1 and len(items) > 1:
+                pool = WorkerPool(job, workers, threads=max(1, torch.get_num_threads() // workers))
+            if pool is None:
+                yield group, [job(item) for item in items]
+                continue
+            submitted = group, [pool.submit(item) for item in reversed(items)][::-1]
+            if queued is not None:
+                yield _collected(pool, queued)
+            queued = submitted
+        if queued is not None:
+            yield _collected(pool, queued)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _collected(pool: WorkerPool | None, queued: tuple[Group, list[Future]]) -> tuple[Group, list[Any]]:
+    assert pool is not None, "only a pool's futures are queued"
+    group, futures = queued
+    return group, [pool.result(future) for future in futures]

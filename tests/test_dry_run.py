@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from seq2seq.config import Config, DataConfig, ModelConfig, TokenizerConfig, TrainConfig
-from seq2seq.inspection import preview_training, unknown_share, unseen_characters
+from seq2seq.inspection import preview_training, unknown_share
+from seq2seq.startup import unseen_characters
 
 runner = CliRunner()
 LONG = " ".join(["the river"] * 40)  # far over a max_length of 50 pieces
@@ -112,4 +113,24 @@ def test_training_in_bf16_on_a_cpu_without_bf16_units_is_refused_before_anything
     result = runner.invoke(app, args if dry_run else [*(arg for arg in args if arg != "--dry-run"), "--max-steps", "1"])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines()[-1].startswith("error: bf16 needs bf16 units and this CPU has none")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_dry_run_refuses_bf16_search_where_training_would(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both start the same way (`seq2seq.startup`): validation's bf16 search is checked before any work."""
+    from seq2seq import devices, training
+    from seq2seq.config import SearchConfig
+    from seq2seq.errors import ConfigError
+
+    monkeypatch.setattr(devices, "has_bf16_units", lambda device: False)
+    data = DataConfig(source=str(files["source"]), target=str(files["target"]), valid_source=str(files["valid_source"]),
+                      valid_target=str(files["valid_target"]))
+    cfg = Config(data=data, tokenizer=TokenizerConfig(vocab_size=60), model=ModelConfig(emb_dim=8, hidden_dim=16),
+                 search=SearchConfig(precision="bf16"))
+    with pytest.raises(ConfigError, match="bf16 needs bf16 units"):
+        preview_training(cfg)
+    with pytest.raises(ConfigError, match="bf16 needs bf16 units"):
+        training.train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()

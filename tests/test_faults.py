@@ -27,7 +27,7 @@ from seq2seq.config import Config, ModelConfig, SearchConfig, TokenizerConfig, T
 from seq2seq.errors import DataError
 from seq2seq.model import Seq2Seq
 from seq2seq.textio import atomic_write
-from seq2seq.translation import translate_all
+from seq2seq.translator import Translator
 
 runner = CliRunner()
 
@@ -77,7 +77,7 @@ def assert_whole_run_folder(out: Path) -> int:
     for name in ("best.pt", "last.pt"):
         if (out / name).exists():
             loaded = checkpoint.load(out / name)
-            assert len(translate_all(loaded.model, loaded.tokenizers, ["the cat", "a dog ran"], loaded.config.search)) == 2
+            assert len(Translator(loaded.model, loaded.tokenizers, loaded.config.search).translate(["the cat", "a dog ran"])) == 2
     return checkpoint.load(out / "last.pt").step if (out / "last.pt").exists() else 0
 
 
@@ -327,11 +327,12 @@ def test_translation_out_of_memory_halves_the_batch_and_still_translates_every_l
     model = checkpoint.build_model(config, tokenizers)
     words = "the cat sat on a mat while the dog ran far away past big houses".split()
     lines = [" ".join(words[i : i + 1 + i % 5]) for i in range(11)]
-    expected = translate_all(model, tokenizers, lines, config.search)
+    translator = Translator(model, tokenizers, config.search)
+    expected = [best.text for best, in translator.translate(lines)]
     sizes = run_out_of_memory(monkeypatch, translation, "search_batch", size=lambda args: len(args[1]),
                               when=lambda batch: batch > 2)
 
-    assert translate_all(model, tokenizers, lines, config.search) == expected
+    assert [best.text for best, in translator.translate(lines)] == expected
     assert sizes[:4] == [8, 4, 2, 2], "the batch of 8 is halved until it fits"
     assert sum(size for size in sizes if size <= 2) == len(lines), "every line translated once, in a batch that fit"
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from seq2seq.config import ModelConfig
 from seq2seq.data import pad
-from seq2seq.model import FEW_ROWS, WIDE_OUTPUTS, DecoderState, Memory, Seq2Seq, few_rows_linear
+from seq2seq.model import DecoderState, Memory, Seq2Seq
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 VARIANTS = [
@@ -137,60 +136,3 @@ def test_eval_mode_is_deterministic_and_train_mode_applies_dropout(make_model) -
         torch.testing.assert_close(model(src, src_lens, tgt_in), model(src, src_lens, tgt_in), rtol=0, atol=0)
         model.train()
         assert not torch.equal(model(src, src_lens, tgt_in), model(src, src_lens, tgt_in))
-
-
-@pytest.mark.parametrize("rows", [1, 5, FEW_ROWS, FEW_ROWS + 1])
-@pytest.mark.parametrize("bias", [True, False])
-def test_few_rows_linear_equals_the_layer(rows: int, bias: bool) -> None:
-    torch.manual_seed(rows)
-    layer, x = nn.Linear(24, WIDE_OUTPUTS, bias=bias), torch.randn(rows, 24)
-    with torch.inference_mode():
-        taken = few_rows_linear(layer, x)
-    torch.testing.assert_close(taken, layer(x))
-    if rows > 1:  # the swapped product comes back as a transposed view: this checks which path was taken
-        assert taken.is_contiguous() == (rows > FEW_ROWS)
-
-
-@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # torch's notices on quantization
-def test_few_rows_linear_leaves_training_other_layers_and_dtypes_to_the_layer() -> None:
-    layer, x = nn.Linear(24, WIDE_OUTPUTS), torch.randn(5, 24)
-    assert few_rows_linear(layer, x).is_contiguous(), "with autograd on, as in training, the layer's own product"
-    with torch.inference_mode():
-        assert few_rows_linear(nn.Linear(24, WIDE_OUTPUTS - 1), x).is_contiguous(), "a narrower layer's own product"
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 search: fp32 states, bf16 products
-        taken = few_rows_linear(layer, x)
-        assert taken.is_contiguous(), "under autocast, the layer's own product (the swap ran at half speed there)"
-        torch.testing.assert_close(taken, layer(x), rtol=0, atol=0)
-    layer = layer.bfloat16()
-    with torch.inference_mode():
-        torch.testing.assert_close(few_rows_linear(layer, x.bfloat16()), layer(x.bfloat16()), rtol=0, atol=0)
-    quantized = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(24, 80)), {nn.Linear}, dtype=torch.qint8)[0]
-    with torch.inference_mode():
-        torch.testing.assert_close(few_rows_linear(quantized, x), quantized(x), rtol=0, atol=0)
-
-
-def test_search_steps_of_a_wide_model_take_the_swapped_products_and_match_the_layers(make_model, monkeypatch) -> None:
-    # 2 layers of 512 units: the gates (4 x 512 outputs) and the 2,048-piece vocabulary are wide enough
-    model = make_model(src_vocab=17, tgt_vocab=WIDE_OUTPUTS, hidden_dim=WIDE_OUTPUTS // 4, layers=2, scale=0.2)
-    src, src_lens, tgt_in = random_batch(3, vocab=17, seed=4)
-    memory, state = model.encode(src, src_lens)
-    own, _ = model.decode_step(tgt_in[:, 0], state, memory)  # autograd on: every layer's own product
-
-    swapped_weights = []  # the swap passes the weight first, with the input's rows as its last dimension
-    for name in ("mm", "addmm"):
-        product = getattr(torch, name)
-        monkeypatch.setattr(torch, name, lambda *args, product=product: swapped_weights.append(tuple(args[-2].shape))
-                            or product(*args))
-    with torch.inference_mode():
-        swapped, _ = model.decode_step(tgt_in[:, 0], state, memory)
-
-    torch.testing.assert_close(swapped, own.detach(), rtol=0, atol=1e-5)
-    gates, hidden = WIDE_OUTPUTS, WIDE_OUTPUTS // 4
-    assert sorted(swapped_weights) == sorted([
-        (gates, 16),              # the first layer's input map (embeddings of 16)
-        (gates, hidden),          # input feeding
-        (gates, hidden),          # the first layer's hidden map
-        (gates, hidden),          # the second layer's input map
-        (gates, hidden),          # the second layer's hidden map
-        (WIDE_OUTPUTS, hidden),   # the output layer
-    ])

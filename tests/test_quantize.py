@@ -11,15 +11,16 @@ from torch import nn
 from seq2seq.config import Config, SearchConfig
 from seq2seq.data import pad
 from seq2seq.errors import ConfigError
-from seq2seq.model import DecoderState, Int8Linear, Memory, quantized_int8
+from seq2seq.int8 import Int8Linear, input_ranges, quantized_int8
+from seq2seq.model import DecoderState, Memory
 from seq2seq.tokenizer import BOS_ID, EOS_ID
-from seq2seq.translation import translate
+from seq2seq.translator import Translator
 
 SOURCES = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [17, 5, 9]]
 
 
 FP32 = "torch.nn.modules.linear.Linear"
-INT8 = "seq2seq.model.Int8Linear"
+INT8 = "seq2seq.int8.Int8Linear"
 INT8_BY_BATCH = "torch.ao.nn.quantized.dynamic.modules.linear.Linear"  # torch's dynamic quantization
 
 
@@ -100,7 +101,7 @@ def test_every_int8_layer_input_stays_inside_its_fixed_range(make_model, options
     translating with a wide, far from uniform model never leaves them."""
     model = make_model(scale=2.0, **options)
     copy = quantized_int8(model)
-    ranges = model.int8_input_ranges()
+    ranges = input_ranges(model)
     seen: dict[str, tuple[float, float]] = {}
 
     def watch(name: str):
@@ -148,7 +149,7 @@ def test_int8_log_probabilities_stay_close_to_fp32(make_model, attention: str) -
 def test_translate_with_int8_leaves_the_given_model_as_it_was(make_model, tokenizers) -> None:
     model = make_model(src_vocab=tokenizers.src.vocab_size, tgt_vocab=tokenizers.tgt.vocab_size)
     lines = ["the cat sat", "", "a dog ran far away"]
-    outputs = list(translate(model, tokenizers, lines, SearchConfig(beam_size=2, quantize="int8")))
+    outputs = Translator(model, tokenizers, SearchConfig(beam_size=2, quantize="int8")).translate(lines)
     assert len(outputs) == 3 and outputs[1][0].text == ""
     assert _linear_kinds(model) == {FP32}
 
@@ -171,10 +172,10 @@ def test_int8_on_an_x86_cpu_without_avx2_is_refused_before_the_first_line_is_rea
 
     if refused:
         with pytest.raises(ConfigError, match="--quantize int8 needs AVX2 and this CPU has none"):
-            translate(model, tokenizers, lines(), SearchConfig(quantize="int8"))
+            Translator(model, tokenizers, SearchConfig(quantize="int8")).stream(lines())
         assert read == []
     else:
-        assert len(list(translate(model, tokenizers, lines(), SearchConfig(quantize="int8")))) == 1
+        assert len(list(Translator(model, tokenizers, SearchConfig(quantize="int8")).stream(lines()))) == 1
 
 
 def test_int8_with_bf16_or_an_unknown_quantization_is_refused() -> None:

@@ -19,7 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from seq2seq import checkpoint, runfolder, training
+from seq2seq import checkpoint, runfolder, startup, training
 from seq2seq.config import Config, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, to_toml
 from seq2seq.errors import ConfigError
 
@@ -114,7 +114,7 @@ def test_a_resumed_run_equals_the_uninterrupted_run(
     def no_new_tokenizers(*args, **kwargs):
         raise AssertionError("a resumed run uses the tokenizers in last.pt")
 
-    monkeypatch.setattr(training, "train_tokenizers", no_new_tokenizers)
+    monkeypatch.setattr(startup, "train_tokenizers", no_new_tokenizers)
     finished = training.train(config, run, resume=True)
 
     assert (finished.reason, finished.step) == ("max_steps", STEPS)

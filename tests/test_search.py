@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from seq2seq.config import ModelConfig, SearchConfig
 from seq2seq.data import pad
 from seq2seq.model import Seq2Seq
-import seq2seq.search
-from seq2seq.search import Hypothesis, beam_search, greedy_search, reorder, repeat_rows, top_k
+from seq2seq.search import Hypothesis, beam_search, greedy_search, reorder, repeat_rows
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
 from seq2seq.translation import Translation, search_batch, translate
 
@@ -134,37 +133,6 @@ def test_at_the_maximum_length_only_eos_is_allowed_at_its_real_cost() -> None:
     found = run_beam(SHORT_OR_LONG, beam_size=2, nbest=2, max_len=2)
     assert [hyp.tokens for hyp in found] == [[A], [B]]
     assert found[1].score == pytest.approx(math.log(0.45 * 0.14), abs=1e-6)
-
-
-@pytest.mark.parametrize("k", [1, 5])
-@pytest.mark.parametrize(("rows", "width"), [(3, 8000), (320, 8000), (320, 8003), (64, 3000), (40, 32000)])
-def test_top_k_by_blocks_is_torch_topk(rows: int, width: int, k: int) -> None:
-    torch.manual_seed(rows + width)
-    scores = F.log_softmax(torch.randn(rows, width) * 4, dim=-1)
-    scores[:, [0, 2]] = float("-inf")             # barred tokens
-    scores[0] = float("-inf")                     # a finished row: its one continuation is EOS at no cost
-    scores[0, EOS_ID] = 0.0
-    scores[-1, -1] = 5.0                          # a best score in the columns after the last whole block
-    values, columns = top_k(scores, k)
-    expected_values, expected_columns = scores.topk(k, dim=-1)
-    assert torch.equal(values, expected_values)
-    assert torch.equal(columns[1:], expected_columns[1:])  # distinct values: the same columns
-    assert columns[0, 0] == EOS_ID and bool(((columns >= 0) & (columns < width)).all())
-
-
-def test_beam_search_through_blocks_finds_what_torch_topk_finds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch big enough for `top_k`'s blocks (64 sentences x 5 beams x 3,000 target ids) gives the same
-    hypotheses as with torch.topk throughout."""
-    model = random_model(seed=6, tgt_vocab=3000)
-    sources = random_sources(64, seed=6)
-    config = search_config(beam_size=5)
-    assert 64 * 5 * 3000 >= seq2seq.search.BLOCKS_FROM
-    blocks = search_batch(model, sources, config)
-    monkeypatch.setattr(seq2seq.search, "BLOCKS_FROM", 10**12)
-    plain = search_batch(model, sources, config)
-    assert [hyps[0].tokens for hyps in blocks] == [hyps[0].tokens for hyps in plain]
-    assert [hyps[0].score for hyps in blocks] == pytest.approx([hyps[0].score for hyps in plain], abs=1e-6)
-    assert len({len(hyps[0].tokens) for hyps in blocks}) > 3, "outputs of many lengths"
 
 
 def test_the_first_step_runs_once_per_sentence_and_later_steps_once_per_beam() -> None:

@@ -18,15 +18,20 @@ from seq2seq import checkpoint
 from seq2seq.config import Config, ModelConfig, SearchConfig
 from seq2seq.errors import ConfigError, DataError, WorkerDied
 from seq2seq.tokenizer import Tokenizers
-from seq2seq.translation import _Chunk, _searched, translate
-from seq2seq.workers import AUTO_WORKERS_MAX, worker_count
+from seq2seq.translation import translate
+from seq2seq.workers import AUTO_WORKERS_MAX, map_in_order, worker_count
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="workers are forked")
 
 
-def _chunk(*batches: list[int]) -> _Chunk:
+def _chunk(*batches: list[int]) -> list[list[int]]:
     """A chunk whose batches hold these items (the items stand for a batch's sources)."""
-    return _Chunk(sum(map(len, batches)), [list(range(len(batch))) for batch in batches], [list(batch) for batch in batches])
+    return [list(batch) for batch in batches]
+
+
+def _searched(chunks, job, *, workers: int):
+    """Each chunk with its batches' results, as translation maps its chunks."""
+    return map_in_order(job, chunks, lambda chunk: chunk, workers)
 
 
 def _with_pid(sources: list[int]) -> list[tuple[int, int]]:

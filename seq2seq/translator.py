@@ -1,0 +1,123 @@
+"""A model made ready to translate: what `seq2seq translate`, training's validation and Python callers use.
+
+Making a `Translator` is where the policy lives: the search settings are checked (as a config file's
+are), the device is chosen (int8 weights run on the CPU), bf16 and int8 are checked against the
+machine, and the CPU speed-ups (`seq2seq.speedups`, `seq2seq.int8`) are swapped in, so that the model
+and the search underneath state their math alone. Translating then only runs the pipeline
+(`seq2seq.translation`).
+
+    translator = load("runs/de-en/best.pt", beam_size=5)
+    for hypotheses in translator.translate(["Ein Hund rennt."], nbest=2, attention=True):
+        best = hypotheses[0]
+        print(best.text, best.score, best.alignment)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seq2seq import checkpoint, devices
+from seq2seq.config import Config, SearchConfig
+from seq2seq.errors import ConfigError
+from seq2seq.int8 import quantized_int8
+from seq2seq.model import Seq2Seq
+from seq2seq.speedups import swap_in_few_rows_products, top_k_for
+from seq2seq.tokenizer import Tokenizers
+from seq2seq.translation import Translation, translate
+from seq2seq.workers import worker_count
+
+SEARCH_SETTINGS = tuple(field.name for field in dataclasses.fields(SearchConfig))
+
+
+def load(path: str | Path, *, device: str | torch.device = "auto", **search: Any) -> Translator:
+    """A translator for the model file at `path`, with its saved search settings overridden by `search`
+    (beam_size=..., quantize="int8", ...; None keeps the saved value)."""
+    loaded = checkpoint.load(path)
+    return Translator(loaded.model, loaded.tokenizers, with_overrides(loaded.config.search, search), device=device)
+
+
+def with_overrides(search: SearchConfig, overrides: dict[str, Any]) -> SearchConfig:
+    """`search` with the settings in `overrides` that are not None, checked; a ConfigError names the bad one."""
+    unknown = sorted(set(overrides) - set(SEARCH_SETTINGS))
+    if unknown:
+        raise ConfigError(f"unknown search setting {unknown[0]!r}; the settings are {', '.join(SEARCH_SETTINGS)}")
+    search = replace(search, **{name: value for name, value in overrides.items() if value is not None})
+    Config(search=search).validate()
+    return search
+
+
+class Translator:
+    """A model, its tokenizers and its search settings, made ready to translate on one device.
+
+    On the CPU the model's wide layers become `FewRowsLinear` in place (the same parameters, so a model
+    still training keeps training them); with quantize = int8, an int8 copy translates and the model
+    itself is left as it is, so it must not change afterwards.
+    """
+
+    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, search: SearchConfig | None = None, *,
+                 device: str | torch.device = "auto") -> None:
+        self.search = with_overrides(search or SearchConfig(), {})
+        self.tokenizers = tokenizers
+        self.device = _device(device, self.search.quantize)
+        if self.search.precision == "bf16":
+            devices.require_bf16_units(self.device)
+        model.to(self.device)
+        if self.search.quantize == "int8":
+            devices.require_int8_units()
+            model = quantized_int8(model)
+        elif self.device.type == "cpu":
+            model = swap_in_few_rows_products(model)
+        self.model = model
+        self._top_k = top_k_for(self.device)
+
+    def translate(self, lines: Sequence[str], *, nbest: int = 1, attention: bool = False, **options: Any) -> list[list[Translation]]:
+        """The `nbest` best translations of every line, best first. `options` are `stream`'s (workers=...) and
+        search settings for this call (beam_size=..., length_penalty=...). With `attention`, each translation
+        carries its attention over the source and its `.alignment`."""
+        options.setdefault("chunk_lines", max(len(lines), 1))  # the whole list sorted by length: the least padding
+        return list(self.stream(lines, nbest=nbest, attention=attention, **options))
+
+    def stream(
+        self, lines: Iterable[str], *, nbest: int = 1, attention: bool = False, chunk_lines: int | None = None,
+        max_source_pieces: int = 0, on_cut: Callable[[int, int], None] = lambda number, pieces: None,
+        workers: int = 1, **search: Any,
+    ) -> Iterator[list[Translation]]:
+        """`translate` one chunk at a time, for input of any length: each line's translations, in input order,
+        as soon as its chunk is done (see `seq2seq.translation.translate` for `chunk_lines`, `max_source_pieces`
+        and `on_cut`). `workers`: processes searching side by side on the CPU (0 = one per core, on Linux).
+        Every option is checked here, before any line is read."""
+        settings = self.settings(**search)
+        if nbest < 1 or nbest > settings.beam_size:
+            raise ConfigError(f"nbest must be from 1 to the beam size: got nbest {nbest} with beam_size {settings.beam_size}")
+        if max_source_pieces < 0:
+            raise ConfigError(f"max_source_pieces must be 0 (no limit) or more, got {max_source_pieces}")
+        return translate(self.model, self.tokenizers, lines, settings, nbest=nbest, chunk_lines=chunk_lines,
+                         attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut,
+                         workers=worker_count(workers, self.device), top_k=self._top_k)
+
+    def settings(self, **overrides: Any) -> SearchConfig:
+        """This translator's search settings with `overrides`; quantize is fixed when the translator is made."""
+        settings = with_overrides(self.search, overrides)
+        if settings.quantize != self.search.quantize:
+            raise ConfigError(f"quantize = {settings.quantize} changes the model: make a new translator "
+                              f"(load(..., quantize={settings.quantize!r}))")
+        if settings.precision == "bf16":
+            devices.require_bf16_units(self.device)
+        return settings
+
+
+def _device(setting: str | torch.device, quantize: str) -> torch.device:
+    """Where to translate (auto | cpu | cuda, or a device already chosen): int8 weights run on the CPU
+    alone, so auto means the CPU for them."""
+    asked = setting.type if isinstance(setting, torch.device) else setting
+    if quantize == "int8" and asked == "cuda":
+        raise ConfigError("quantize = int8 runs on the CPU: use device cpu or auto (--device)")
+    if quantize == "int8":
+        return torch.device("cpu")
+    return setting if isinstance(setting, torch.device) else devices.resolve(setting)

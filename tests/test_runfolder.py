@@ -1,0 +1,50 @@
+"""The run folder's owner writes the checkpoints a run keeps: the best by validation score, in a safe order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seq2seq import checkpoint
+from seq2seq.config import Config, ModelConfig, TrainConfig
+from seq2seq.runfolder import RunFolder, kept_steps
+
+SCORES = [(100, 10.0), (200, 30.0), (300, 20.0), (400, 5.0), (500, 25.0), (600, 15.0)]  # distinct validation BLEU
+
+
+def _row(step: int, bleu: float, history: list[dict]) -> dict:
+    best = bleu > max((row["valid_bleu"] for row in history), default=-1.0)
+    return {"step": step, "valid_bleu": bleu, "valid_loss": 1.0, "bleu_signature": "sig", "best": best}
+
+
+def test_keep_best_keeps_the_checkpoints_of_the_best_scoring_validations(tmp_path: Path, tokenizers) -> None:
+    cfg = Config(model=ModelConfig(emb_dim=8, hidden_dim=16), train=TrainConfig(keep_best=3))
+    folder = RunFolder(tmp_path)
+    folder.create(cfg, overwrite=False)
+    model = checkpoint.build_model(cfg, tokenizers)
+    history: list[dict] = []
+    kept_after = []
+    for step, bleu in SCORES:
+        history.append(_row(step, bleu, history))
+        folder.save(cfg, tokenizers, model, step=step, history=history, training={}, validated=True)
+        kept_after.append(sorted(int(path.stem[5:]) for path in tmp_path.glob("step-*.pt")))
+
+    assert kept_after == [[100], [100, 200], [100, 200, 300], [100, 200, 300], [200, 300, 500], [200, 300, 500]]
+    assert checkpoint.load(folder.best).step == 200 and checkpoint.load(folder.best).info["valid_bleu"] == 30.0
+    assert checkpoint.load(folder.last).step == 600
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [s for s, _ in SCORES]
+
+
+def test_a_save_without_validation_writes_last_pt_alone(tmp_path: Path, tokenizers) -> None:
+    cfg = Config(model=ModelConfig(emb_dim=8, hidden_dim=16), train=TrainConfig(keep_best=3))
+    folder = RunFolder(tmp_path)
+    folder.create(cfg, overwrite=False)
+    model = checkpoint.build_model(cfg, tokenizers)
+    folder.save(cfg, tokenizers, model, step=7, history=[], training={"loop": {}}, validated=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.toml", "last.pt"]
+    assert checkpoint.load(folder.last).training == {"loop": {}}
+
+
+def test_ties_keep_the_earlier_validation() -> None:
+    history = [{"step": 1, "valid_bleu": 0.0}, {"step": 2, "valid_bleu": 0.0}, {"step": 3, "valid_bleu": 1.0}]
+    assert kept_steps(history, 2) == {1, 3}
