@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 
@@ -69,8 +68,8 @@ def start_run(
     torch.manual_seed(cfg.train.seed)
     if not resumed:
         report(Preparing("tokenizer", len(src_lines)))
-    tokenizers = resumed.checkpoint.tokenizers if resumed else world.on_main(
-        partial(train_tokenizers, src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache))
+    tokenizers = (resumed.checkpoint.tokenizers if resumed
+                  else world.on_main(train_tokenizers, src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache))
     report(Preparing("encoding", len(src_lines)))
     examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length)
     unseen = (unseen_characters(src_lines, valid_src), unseen_characters(tgt_lines, valid_tgt)) if count_unseen else None
