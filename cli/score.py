@@ -1,4 +1,5 @@
-"""`seq2seq score`: corpus BLEU / chrF / TER as the `sacrebleu` command computes them, for one system or several."""
+"""`seq2seq score`: corpus BLEU / chrF / TER as the `sacrebleu` command computes them, and WER / CER / exact match,
+for one system or several."""
 
 from __future__ import annotations
 
@@ -30,12 +31,18 @@ Examples:
   seq2seq translate ... | seq2seq score ref.en -b
   seq2seq score ref.en -i base.en new.en newer.en -m bleu,chrf --paired-bs
   seq2seq score ref.en -i hyp.en --sentence-level -b
+  seq2seq score test.phones -i hyp.phones -m wer,cer,exact    # character-level tasks
 
 References come first, then -i with one file per system, as with sacrebleu. The numbers are
 sacrebleu's for the same options (lines are read as sacrebleu reads them: trailing whitespace is
 dropped). One system: sacrebleu's output, byte for byte. Several: a table (rich on a terminal;
 piped, JSON, or plain text with -f text) and each metric's signature once. --paired-bs compares
-every system with the first, the baseline: * marks p <= 0.05, a difference unlikely to be chance."""
+every system with the first, the baseline: * marks p <= 0.05, a difference unlikely to be chance.
+
+WER: word edit distance summed over lines, over the reference words (words split at whitespace);
+CER: the same over characters, where runs of whitespace count as one space and the spaces between
+words count; exact: the share of lines equal to a reference. All three are percentages, case
+sensitive, and with several references take each line's nearest one."""
 
 
 class ScoreCommand(TyperCommand):
@@ -86,7 +93,7 @@ def score(
     metrics: Annotated[
         list[str],
         Opt("--metrics", "-m", metavar="NAMES",
-            help="bleu, chrf and/or ter: repeat (-m bleu -m chrf) or separate with commas (-m bleu,chrf)."),
+            help="bleu, chrf, ter, wer, cer and/or exact: repeat (-m bleu -m chrf) or separate with commas (-m bleu,chrf)."),
     ] = ["bleu"],  # noqa: B006 (Typer reads the default; it is never mutated)
     score_only: Annotated[bool, Opt("--score-only", "-b", help="Print only the number(s) (one system).")] = False,
     width: Annotated[int, Opt("--width", "-w", min=0, help="Decimals in the printed scores.")] = 1,
@@ -115,9 +122,9 @@ def score(
                   help="One score per segment, as sacrebleu -sl (one system, one metric; BLEU with effective order).")
     ] = False,
 ) -> None:
-    """Score hypotheses against references with BLEU, chrF and/or TER: one system, or several side by side."""
+    """Score hypotheses against references with BLEU, chrF, TER, WER, CER and/or exact match: one system, or several side by side."""
     with user_errors():
-        from seq2seq import ConfigError
+        from seq2seq import ConfigError, check_references
 
         names = _metric_names(metrics)
         files = hypotheses or ["-"]
@@ -126,6 +133,7 @@ def score(
             raise ConfigError(f"--format must be json or text, got {output_format!r}")
         _check_usage(len(files), names, score_only=score_only, paired=paired_bs, sentence_level=sentence_level)
         systems, ref_streams = _read(files, references or [], paired=paired_bs)
+        check_references(names, ref_streams)
         refs = [lines for _, lines in ref_streams]
         options = {"lowercase": lowercase, "tokenize": tokenize, "chrf_word_order": chrf_word_order}
         if sentence_level:
@@ -144,7 +152,7 @@ def _check_usage(systems: int, names: list[str], *, score_only: bool, paired: bo
     from seq2seq import ConfigError
 
     if not names:
-        raise ConfigError("-m gave no metric name; choose from bleu, chrf and ter")
+        raise ConfigError("-m gave no metric name; choose from bleu, chrf, ter, wer, cer and exact")
     if sentence_level and (systems > 1 or len(set(names)) > 1 or paired):
         raise ConfigError("--sentence-level scores one system with one metric, without a paired test (as sacrebleu -sl)")
     if score_only and systems > 1:
@@ -189,9 +197,7 @@ def _read(
     hypotheses: list[str], references: list[str], *, paired: bool
 ) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
     """Read each system and the references the way sacrebleu does (rstripped lines); check they are parallel."""
-    from seq2seq import ConfigError, DataError
-    from seq2seq import METRICS, check_parallel
-    from seq2seq import display_name, read_lines
+    from seq2seq import METRICS, ConfigError, DataError, check_parallel, display_name, read_lines
 
     if not references:
         raise ConfigError("no reference file: put the reference file(s) before -i, e.g. seq2seq score ref.txt -i hyp.txt")

@@ -68,6 +68,9 @@ _LAZY = {
     "sentence_scores": ("seq2seq.metrics", "sentence_scores"),
     "compare_systems": ("seq2seq.metrics", "compare_systems"),
     "check_parallel": ("seq2seq.metrics", "check_parallel"),
+    "check_references": ("seq2seq.metrics", "check_references"),
+    "higher_is_better": ("seq2seq.metrics", "higher_is_better"),
+    "edit_distance": ("seq2seq.errorrates", "edit_distance"),
     "Cell": ("seq2seq.metrics", "Cell"),
     "Comparison": ("seq2seq.metrics", "Comparison"),
     # text files
@@ -116,7 +119,9 @@ if TYPE_CHECKING:
     from seq2seq.defaults import settings_for_run, tokenizer_cache
     from seq2seq.events import COMPLETE, DataReady, Event, Finished, NonFinite, Preparing, StepsDone, Validated
     from seq2seq.inspection import TrainingPreview, preview_training
-    from seq2seq.metrics import METRICS, Cell, Comparison, check_parallel, compare_systems, corpus_scores, sentence_scores
+    from seq2seq.errorrates import edit_distance
+    from seq2seq.metrics import (METRICS, Cell, Comparison, check_parallel, check_references, compare_systems,
+                                 corpus_scores, higher_is_better, sentence_scores)
     from seq2seq.plotting import plot_attention, plot_curves, prepare_picture_folder, read_metrics
     from seq2seq.textio import atomic_write, display_name, iter_lines, read_lines, source_lines
     from seq2seq.tokenizer import TokenizerCache

@@ -1,4 +1,5 @@
-"""Corpus BLEU, chrF and TER through sacrebleu, with the sacrebleu command's defaults.
+"""Corpus BLEU, chrF and TER through sacrebleu, with the sacrebleu command's defaults; WER, CER and exact
+match (`seq2seq.errorrates`) through the same interface.
 
 The one place that knows sacrebleu's reference layout: a list of reference *streams*, each
 line-parallel to the hypotheses (stream k holds the k-th reference of every sentence).
@@ -19,12 +20,15 @@ from typing import TYPE_CHECKING, NamedTuple
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.metrics.base import Metric, Score
 
+from seq2seq.errorrates import ErrorRate, ExactMatch, normalized
 from seq2seq.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from sacrebleu.significance import Result
 
-METRICS = ("bleu", "chrf", "ter")  # also the order results come in, as in the sacrebleu command
+METRICS = ("bleu", "chrf", "ter", "wer", "cer", "exact")  # also the order results come in, as in the sacrebleu command
+LOWER_IS_BETTER = ("ter", "wer", "cer")
+PER_REFERENCE_UNIT = ("wer", "cer")  # rates per reference word or character: a line needs a non-empty reference
 
 
 class MetricResult(NamedTuple):
@@ -44,7 +48,7 @@ class Cell(NamedTuple):
 
 class Comparison(NamedTuple):
     systems: list[str]             # as given; the first is the baseline of a paired test
-    metrics: list[str]             # sacrebleu's score names in METRICS order: "BLEU", "chrF2" (or "chrF2++"), "TER"
+    metrics: list[str]             # sacrebleu's score names in METRICS order: "BLEU", "chrF2" (or "chrF2++"), "TER", "WER", "CER", "EXACT"
     cells: list[list[Cell]]        # cells[system][metric]
     signatures: dict[str, str]     # metric name -> signature; a paired test adds "bs:N|seed:S"
     paired_bs: int                 # resamples of the paired bootstrap test; 0 = no test
@@ -72,6 +76,10 @@ def make_metric(
         return CHRF(word_order=chrf_word_order)
     if name == "ter":
         return TER()
+    if name in ("wer", "cer"):
+        return ErrorRate("word" if name == "wer" else "char")
+    if name == "exact":
+        return ExactMatch()
     raise ConfigError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
 
 
@@ -90,12 +98,29 @@ def check_parallel(hypotheses: tuple[str, Sequence[str]], references: Sequence[t
             )
 
 
+def check_references(metrics: Sequence[str], references: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Refuse, for WER and CER, a line whose (name, lines) reference streams are all empty there: a rate per
+    reference word has nothing to divide by."""
+    if not set(metrics) & set(PER_REFERENCE_UNIT):
+        return
+    for number, refs in enumerate(zip(*(lines for _, lines in references)), start=1):
+        if not any(normalized(ref) for ref in refs):
+            where = " and ".join(f"{name}:{number}" for name, _ in references)
+            raise DataError(f"{where}: empty reference line; WER and CER count edits per reference word or character, "
+                            "so every line needs a non-empty reference")
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
+
+
 def corpus_scores(
     hypotheses: Sequence[str], references: Sequence[Sequence[str]], metrics: Sequence[str] = ("bleu",), **options
 ) -> list[MetricResult]:
     """Score a corpus with each requested metric (once each, in METRICS order, as the sacrebleu command does)."""
     names = _requested(metrics)
     check_parallel(("hypotheses", list(hypotheses)), _named(references))
+    check_references(names, _named(references))
     results = []
     for name in names:
         metric = make_metric(name, **options)
@@ -122,6 +147,7 @@ def compare_systems(
         raise DataError("no system to score")
     for name, lines in systems:
         check_parallel((name, list(lines)), _named(refs))
+    check_references(names, _named(refs))
     built = {name: make_metric(name, **options) for name in names}
     if paired_bs:
         return _paired_bootstrap([(name, list(lines)) for name, lines in systems], refs, built, paired_bs)
@@ -168,6 +194,7 @@ def sentence_scores(
     """
     (name,) = _requested([metric])
     check_parallel(("hypotheses", list(hypotheses)), _named(references))
+    check_references([name], _named(references))
     scorer = make_metric(name, effective_order=True, **options)
     scores = [scorer.sentence_score(hyp, list(refs)) for hyp, *refs in zip(hypotheses, *references)]
     return scores, scorer.get_signature().format()
