@@ -20,7 +20,8 @@ Examples:
   seq2seq info runs/de-en/best.pt
   seq2seq info runs/de-en/best.pt --json | jq .info.valid_bleu
 
-The validation scores are those measured at the checkpoint's step (for best.pt, the best BLEU)."""
+The validation scores are those measured at the checkpoint's step (for best.pt, the best by
+train.select_metric)."""
 
 
 def info(
@@ -82,10 +83,12 @@ def _rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         ("vocabulary", f"{vocab['source']:,} pieces, joint" if vocab["joint"]
          else f"{vocab['source']:,} source pieces, {vocab['target']:,} target pieces"),
     ]
-    if "valid_bleu" in record:
-        rows.append(("validation BLEU", f"{record.pop('valid_bleu'):.2f}"))
-    if "bleu_signature" in record:
-        rows.append(("BLEU signature", record.pop("bleu_signature")))
+    for metric, label in METRIC_LABELS.items():
+        if f"valid_{metric}" in record:
+            rows.append((f"validation {label}", f"{record.pop(f'valid_{metric}'):.2f}"))
+        if f"{metric}_signature" in record:
+            rows.append((f"{label} signature", record.pop(f"{metric}_signature")))
+    record.pop("valid_ppl", None)  # shown with the loss
     if "valid_loss" in record:
         loss = record.pop("valid_loss")
         rows.append(("validation loss", f"{loss:.4f} per token (perplexity {math.exp(min(loss, 50.0)):.2f})"))
@@ -94,6 +97,9 @@ def _rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [(key.replace("_", " "), str(value)) for key, value in record.items()]
     rows.append(("training state", "included (a run can resume from this file)" if facts["training_state"] else "none (weights only)"))
     return rows
+
+
+METRIC_LABELS = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER", "wer": "WER", "cer": "CER", "exact": "exact match"}
 
 
 def register(app: typer.Typer) -> None:

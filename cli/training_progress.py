@@ -70,15 +70,19 @@ class TrainingReporter:
             say(f"step {event.step:,}: loss {event.loss:.3g}, gradient norm {event.grad_norm:.3g}: not finite, update "
                 f"skipped ({event.in_a_row} in a row; training stops at {self.settings.max_nonfinite})")
         elif isinstance(event, Validated):
-            say(f"validation at step {event.step:,}: loss {event.loss:.3f} | ppl {event.perplexity:.2f} | "
-                f"BLEU {event.bleu:.2f}{' (best)' if event.is_best else ''}")
+            scores = "".join(f" | {_label(name)} {value:.2f}" for name, value in event.scores.items())
+            say(f"validation at step {event.step:,}: loss {event.loss:.3f} | ppl {event.perplexity:.2f}{scores}"
+                f"{f' (best {_label(event.metric)})' if event.is_best else ''}")
+            for source, reference, output in event.examples:
+                say(f"  source {source!r}\n  reference {reference!r}\n  output {output!r}")
         elif isinstance(event, Finished) and event.reason not in COMPLETE:
             self.stop()  # an interrupted or diverged run: the command says how, in one line, quiet or not
         elif isinstance(event, Finished):
             self.progress.update(self.task, completed=BAR_UNITS)
             self.stop()
+            best = ", ".join(f"{_label(name)} {value:.2f}" for name, value in event.best.items() if name != "ppl")
             say(f"finished after {event.step:,} steps ({event.reason.replace('_', ' ')}, {event.elapsed / 60:.1f} min); "
-                f"best validation BLEU {event.best_bleu:.2f}; best checkpoint {event.best_path}; last {event.last_path}")
+                f"best validation by {_label(event.metric)}: {best}; best checkpoint {event.best_path}; last {event.last_path}")
 
     def _fraction(self, event: StepsDone) -> float:
         fractions = [0.0]
@@ -87,3 +91,8 @@ class TrainingReporter:
         if self.settings.max_time:
             fractions.append(event.elapsed / (60 * self.settings.max_time))
         return min(1.0, max(fractions)) if not math.isnan(event.loss) else 0.0
+
+
+def _label(metric: str) -> str:
+    """How a metric is named in the log: BLEU, chrF, TER, WER, CER, exact, loss."""
+    return {"chrf": "chrF", "exact": "exact", "loss": "loss"}.get(metric, metric.upper())

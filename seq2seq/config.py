@@ -61,18 +61,21 @@ class TrainConfig:
     lr: float = 0.001                  # peak learning rate
     weight_decay: float = 0.0          # decoupled weight decay (adamw only)
     warmup_steps: int = 0              # linear warm-up from 0 to lr over this many updates
-    schedule: str = "constant"         # constant | inverse-sqrt (after warm-up) | plateau (on validation BLEU)
+    schedule: str = "constant"         # constant | inverse-sqrt (after warm-up) | plateau (on the selected validation score)
     plateau_factor: float = 0.5        # plateau: multiply the learning rate by this ...
-    plateau_patience: int = 2          # ... after this many validations without a new best BLEU
+    plateau_patience: int = 2          # ... after this many validations without a new best score
     min_lr: float = 0.0                # the learning rate never decays below this
     clip_norm: float = 1.0             # gradients are rescaled to this global L2 norm when above it (0 = off)
-    patience: int = 0                  # stop after this many validations without a new best BLEU (0 = never)
+    patience: int = 0                  # stop after this many validations without a new best score (0 = never)
     keep_best: int = 1                 # also keep the N best checkpoints as step-N.pt (best.pt is always kept)
+    select_metric: str = "bleu"        # bleu | chrf | ter | wer | cer | exact | loss: the validation score that picks
+                                       # best.pt and keep_best and drives patience and plateau (ter, wer, cer, loss: lower is better)
+    valid_metrics: str = "bleu"        # also computed at each validation, comma-separated (the selected one always is)
     label_smoothing: float = 0.1       # mass spread over the vocabulary in the training loss
     batch_tokens: int = 4000           # token budget per batch (padded source + target positions)
     max_steps: int = 20000             # stop after this many updates (0 = no limit)
     max_time: float = 0.0              # stop after this many minutes of wall clock (0 = no limit)
-    valid_every: int = 500             # validate (loss, perplexity, greedy BLEU) every N updates
+    valid_every: int = 500             # validate (loss, perplexity, greedy search's scores) every N updates
     log_every: int = 50                # report loss, gradient norm and speed every N updates
     max_nonfinite: int = 5             # stop after this many updates in a row skipped for a NaN/inf loss or gradient
     threads: int = 0                   # torch intra-op threads (0 = torch's choice)
@@ -129,6 +132,10 @@ class Config:
             (min(self.train.warmup_steps, self.train.patience, self.train.plateau_patience, self.train.clip_norm) >= 0
              and self.train.keep_best >= 1, "train step counts and clip_norm must not be negative; train.keep_best at least 1"),
             (self.train.valid_every > 0 and self.train.log_every > 0, "train.valid_every and train.log_every must be positive"),
+            (self.train.select_metric in SELECT_METRICS,
+             f"train.select_metric must be one of {', '.join(SELECT_METRICS)}"),
+            (set(validation_metrics(self.train)) <= set(SELECT_METRICS),
+             f"train.valid_metrics must list metrics from {', '.join(SELECT_METRICS[:-1])}, separated by commas"),
             (self.train.max_nonfinite > 0, "train.max_nonfinite must be positive"),
             (self.train.precision in PRECISIONS and self.search.precision in PRECISIONS,
              "train.precision and search.precision must be fp32 or bf16"),
@@ -146,9 +153,16 @@ class Config:
 
 
 TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")
+SELECT_METRICS = ("bleu", "chrf", "ter", "wer", "cer", "exact", "loss")  # the scores a run can select its best model by
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def validation_metrics(train: TrainConfig) -> list[str]:
+    """The metrics each validation computes: train.valid_metrics and the selected one (the loss is always computed)."""
+    named = [name.strip().lower() for name in train.valid_metrics.split(",") if name.strip()]
+    return [name for name in dict.fromkeys([*named, train.select_metric]) if name != "loss"]
 
 
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:

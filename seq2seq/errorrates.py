@@ -11,7 +11,8 @@ the corpus score, the per-line score and sacrebleu's paired bootstrap test treat
 - exact: the share of lines equal to a reference, in percent, whitespace runs again counting as one space.
 
 With several references, a line's distance is to its nearest reference (the fewest edits; on a tie,
-the first given), and it is exact when it equals any of them.
+the first given), and it is exact when it equals any of them. An empty reference line counts as no
+reference, so that words with two pronunciations and words with one can share reference files.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class _ByLine(Metric):
         return normalized(sent)
 
     def _extract_reference_info(self, refs: Sequence[str]) -> dict[str, Any]:
-        return {"refs": list(refs)}
+        """An empty reference stands for none (lines with fewer references than others), unless all are empty."""
+        return {"refs": [ref for ref in refs if ref] or [""]}
 
     def _compute_score_from_stats(self, stats: Sequence[float]) -> Score:
         counted, total = stats

@@ -60,18 +60,25 @@ class NonFinite:
 @dataclass(frozen=True)
 class Validated:
     step: int
-    loss: float          # cross-entropy per target token (no label smoothing)
+    loss: float                    # cross-entropy per target token (no label smoothing)
     perplexity: float
-    bleu: float          # greedy, detokenized, sacreBLEU
-    signature: str
+    scores: dict[str, float]       # train.valid_metrics of the greedy, detokenized outputs: "bleu" -> 23.4, "wer" -> ...
+    signatures: dict[str, str]     # each metric's signature (what was counted, sacrebleu's version)
+    metric: str                    # train.select_metric: what `is_best` compares
     is_best: bool
     elapsed: float
+    examples: tuple[tuple[str, str, str], ...] = ()  # a few (source, reference, output) lines, to read
+
+    @property
+    def score(self) -> float:
+        """The selected metric's value (the loss, when that is selected)."""
+        return self.loss if self.metric == "loss" else self.scores[self.metric]
 
 
 @dataclass(frozen=True)
 class Finished:
     """How a run ended. "max_steps", "max_time" and "patience" (train.patience validations without a new
-    best BLEU): validated and saved. A reason `should_stop` gave
+    best score): validated and saved. A reason `should_stop` gave
     ("interrupted", "terminated"): last.pt saved at that step, without validating. "non_finite":
     train.max_nonfinite updates in a row were skipped (or the weights went NaN); nothing was saved
     at the end, so best.pt and last.pt are the last ones with finite weights."""
@@ -80,7 +87,8 @@ class Finished:
     reason: str
     best_path: Path
     last_path: Path
-    best_bleu: float
+    best: dict[str, float]   # best.pt's validation: its loss and every metric computed ({} before any validation)
+    metric: str              # train.select_metric, which chose it
     elapsed: float
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from sacrebleu.significance import Result
 
 METRICS = ("bleu", "chrf", "ter", "wer", "cer", "exact")  # also the order results come in, as in the sacrebleu command
-LOWER_IS_BETTER = ("ter", "wer", "cer")
+LOWER_IS_BETTER = ("ter", "wer", "cer", "loss")  # the loss too, when training selects its best model by it
 PER_REFERENCE_UNIT = ("wer", "cer")  # rates per reference word or character: a line needs a non-empty reference
 
 

@@ -24,7 +24,9 @@ DPI = 100  # pixels per inch: a width of 1200 px is a 12-inch figure
 PANELS = (
     ("loss per target token", "linear", (("train_loss", "training"), ("valid_loss", "validation"))),
     ("validation perplexity", "log", (("valid_ppl", "validation"),)),
-    ("validation BLEU", "linear", (("valid_bleu", "greedy, sacreBLEU"),)),
+    ("validation BLEU / chrF", "linear", (("valid_bleu", "BLEU, greedy, sacreBLEU"), ("valid_chrf", "chrF"))),
+    ("validation error rate, %", "linear", (("valid_wer", "WER"), ("valid_cer", "CER"), ("valid_ter", "TER"))),
+    ("validation exact match, %", "linear", (("valid_exact", "exact"),)),
 )
 X_AXES = (("step", 1.0, "step"), ("elapsed_s", 60.0, "minutes"))  # (key, divisor, label): left and right columns
 # Attention pictures: one square cell per (output piece, source piece), with room around for the labels;
@@ -69,7 +71,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, *, width: int = 12
         for ax, (x_key, divisor, _) in zip(row_axes, X_AXES):
             for key, label in series:
                 _draw(ax, rows, x_key, divisor, key, label, marker="o", markersize=3)
-                if key == "valid_bleu":  # where best.pt was (re)written; the last star is the file's
+                if key == f"valid_{rows[-1].get('select_metric', 'bleu')}":  # where best.pt was (re)written; the last star is the file's
                     best = [row for row in rows if row.get("best")]
                     _draw(ax, best, x_key, divisor, key, "new best", linestyle="", marker="*", markersize=10)
             ax.set_yscale(y_scale)

@@ -6,7 +6,7 @@ continue it (resume). Every file is written through `atomic_write`, in an order 
 consistent whenever the run is killed (`RunFolder.save`). Besides
 the model, last.pt carries what the loop needs to go on as if it had never stopped: the optimizer's
 moments, the learning-rate schedule's state, the loop's position (step, epoch, batches done in the
-epoch), the best BLEU so far, the metrics history (which early stopping counts from), the time trained
+epoch), the best validation score so far, the metrics history (which early stopping counts from), the time trained
 and torch's RNG state (the next dropout masks). The batch order
 needs nothing saved: each epoch's plan is a function of (seed, epoch).
 
@@ -29,12 +29,14 @@ import torch
 from seq2seq import checkpoint
 from seq2seq.config import Config, TrainConfig, to_dict, to_toml
 from seq2seq.errors import CheckpointError, ConfigError, DataError
+from seq2seq.metrics import higher_is_better
 from seq2seq.model import Seq2Seq
 from seq2seq.optim import LearningRate
 from seq2seq.textio import atomic_write
 from seq2seq.tokenizer import Tokenizers
 
-RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt")
+RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt", "last.valid.txt", "best.valid.txt")
+# last.valid.txt: the validation set's outputs at the latest validation; best.valid.txt: at best.pt's
 KEPT_BEST = "step-*.pt"  # train.keep_best's extra checkpoints
 # What a resumed run may change: when to stop, how often to report and validate, on which files and with
 # which search, which checkpoints to keep. Everything else (data, tokenizer, model, optimizer and its
@@ -52,7 +54,7 @@ class LoopState:
     step: int = 0
     epoch: int = 1
     position: int = 0            # batches of `epoch` already trained on
-    best_bleu: float = -1.0
+    best_score: float | None = None  # the selected metric's best validation score (train.select_metric)
     elapsed: float = 0.0         # seconds trained, all sessions together (what --max-time counts)
     nonfinite_in_a_row: int = 0  # updates skipped in a row for a NaN/inf loss or gradient
     history: list[dict[str, Any]] = field(default_factory=list)  # the rows of metrics.jsonl
@@ -117,25 +119,28 @@ class RunFolder:
 
     def save(
         self, cfg: Config, tokenizers: Tokenizers, model: Seq2Seq, *, step: int, history: list[dict[str, Any]],
-        training: dict[str, Any], validated: bool,
+        training: dict[str, Any], hypotheses: list[str] | None = None,
     ) -> None:
-        """Save the model at `step`: after a validation (the last row of `history`), best.pt on a new best and
-        step-N.pt among the train.keep_best best; then last.pt; then metrics.jsonl.
+        """Save the model at `step`. After a validation (given its outputs, `hypotheses`; its scores are the last
+        row of `history`): its outputs, then best.pt (and its outputs) on a new best and step-N.pt among the
+        train.keep_best best; then, always, last.pt; then metrics.jsonl.
 
         last.pt is what a resumed run starts from, so it is written once the other checkpoints agree with the
         best score and the history it records; metrics.jsonl is rebuilt from it on resume.
         """
-        row = history[-1] if validated else None
-        info = {"valid_bleu": row["valid_bleu"], "valid_loss": row["valid_loss"],
-                "bleu_signature": row["bleu_signature"]} if row else {}
+        row = history[-1] if hypotheses is not None else None
+        info = {key: value for key, value in row.items() if key.startswith("valid_") or key.endswith("_signature")} if row else {}
 
         def write(path: Path, **extra: Any) -> None:
             checkpoint.save(path, config=cfg, tokenizers=tokenizers, model=model, step=step, info=info, **extra)
 
+        if row:
+            self._write_lines("last.valid.txt", hypotheses)
         if row and row["best"]:
             write(self.best)
+            self._write_lines("best.valid.txt", hypotheses)
         if row and cfg.train.keep_best > 1:
-            kept = kept_steps(history, cfg.train.keep_best)
+            kept = kept_steps(history, cfg.train.keep_best, cfg.train.select_metric)
             if step in kept:
                 write(self.path / f"step-{step}.pt")
             for dropped in {row["step"] for row in history} - kept:
@@ -143,6 +148,10 @@ class RunFolder:
         write(self.last, training=training)
         if row:
             self.write_metrics(history)
+
+    def _write_lines(self, name: str, lines: list[str] | None) -> None:
+        with atomic_write(self.path / name) as file:
+            file.writelines(line + "\n" for line in lines or [])
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """metrics.jsonl: one JSON object per validation."""
@@ -153,9 +162,10 @@ class RunFolder:
         return [self.path / name for name in RUN_FILES if (self.path / name).exists()] + sorted(self.path.glob(KEPT_BEST))
 
 
-def kept_steps(history: Sequence[dict[str, Any]], keep: int) -> set[int]:
-    """The steps of the `keep` best validations in `history` (highest BLEU; on a tie, the earlier step)."""
-    ranked = sorted(history, key=lambda row: (-row["valid_bleu"], row["step"]))
+def kept_steps(history: Sequence[dict[str, Any]], keep: int, metric: str = "bleu") -> set[int]:
+    """The steps of the `keep` best validations in `history` by `metric` (its direction; on a tie, the earlier step)."""
+    sign = -1 if higher_is_better(metric) else 1
+    ranked = sorted(history, key=lambda row: (sign * row[f"valid_{metric}"], row["step"]))
     return {row["step"] for row in ranked[:keep]}
 
 
@@ -165,9 +175,13 @@ def _resumable(out_dir: Path, cfg: Config, world_size: int) -> Resumed:
         raise ConfigError(f"{out_dir}: no run to resume (no last.pt there); start one without --resume")
     saved = checkpoint.load(last)
     loop_fields = {f.name for f in dataclasses.fields(LoopState)}
-    if not ({"loop", "optimizer", "schedule", "rng"} <= saved.training.keys() and set(saved.training["loop"]) == loop_fields):
+    loop = dict(saved.training.get("loop", {}))
+    if "best_bleu" in loop:  # saved before train.select_metric, when BLEU chose (-1.0 before any validation)
+        best = loop.pop("best_bleu")
+        loop["best_score"] = best if best >= 0 else None
+    if not ({"loop", "optimizer", "schedule", "rng"} <= saved.training.keys() and set(loop) == loop_fields):
         raise CheckpointError(f"{last}: holds no complete training state, so the run cannot be resumed")
-    state = LoopState(**saved.training["loop"])
+    state = LoopState(**loop)
     trained_by = saved.training.get("world_size", 1)
     if trained_by != world_size:
         how = "in one process (without torchrun)" if trained_by == 1 else f"with torchrun, --nnodes x --nproc-per-node = {trained_by}"

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 import torch
 
 from seq2seq import checkpoint, devices
-from seq2seq.config import Config
+from seq2seq.config import Config, validation_metrics
 from seq2seq.data import Examples, FilterStats, encode_pairs, read_parallel
 from seq2seq.distributed import World
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.events import Preparing, Report
+from seq2seq.metrics import check_references
 from seq2seq.model import Seq2Seq
 from seq2seq.runfolder import Resumed, RunFolder
+from seq2seq.textio import display_name
 from seq2seq.tokenizer import TokenizerCache, Tokenizers, train_tokenizers
 
 UNSEEN_SHOWN = 10  # the most frequent unseen characters listed, per side
@@ -61,6 +63,7 @@ def start_run(
     # Every rank checks the folder and reads the data, writing nothing; an error on any rank stops them all.
     resumed = world.everywhere(folder.check, cfg, overwrite=overwrite, resume=resume, world_size=world.size) if folder else None
     src_lines, tgt_lines, valid_src, valid_tgt = world.everywhere(_read, cfg)
+    check_references(validation_metrics(cfg.train), [(display_name(data.valid_target), valid_tgt)])
     if create and folder:
         world.on_main(folder.create, cfg, overwrite=overwrite)
     if cfg.train.threads:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seq2seq import distributed, metrics, runfolder
-from seq2seq.config import Config, TrainConfig
+from seq2seq.config import Config, TrainConfig, validation_metrics
 from seq2seq.data import Batch, Examples, collate, plan_batches, share
 from seq2seq.distributed import ALONE, World
 from seq2seq.errors import OutOfMemory
@@ -35,6 +35,7 @@ from seq2seq.tokenizer import PAD_ID, TokenizerCache, Tokenizers
 from seq2seq.translator import Translator
 # Why a step may end the run, least urgent first; ranks that disagree (their clocks, their signals) take the
 # most urgent. A limit outranks a stop request, as in one process: the run then validates before it ends.
+SHOWN_EXAMPLES = 3  # validation lines each report shows: first, middle and last
 STOP_RANKING = ("", "interrupted", "terminated", "max_time", "max_steps")
 
 
@@ -144,8 +145,8 @@ def _loop(run: _Run, state: LoopState, plan: list[list[int]], report: Report, sh
         elif validate and not reason and settings.patience and _validations_without_best(state) >= settings.patience:
             reason = "patience"
         if reason:
-            finished = Finished(state.step, reason, run.folder.best, run.folder.last, state.best_bleu,
-                                time.perf_counter() - start)
+            finished = Finished(state.step, reason, run.folder.best, run.folder.last, _best_scores(state),
+                                settings.select_metric, time.perf_counter() - start)
             report(finished)
             return finished
 
@@ -197,9 +198,15 @@ def _stop_reason(state: LoopState, settings: TrainConfig, should_stop: StopCheck
 
 
 def _validations_without_best(state: LoopState) -> int:
-    """Validations since the last new best BLEU (early stopping's count, read from the history)."""
+    """Validations since the last new best score (early stopping's count, read from the history)."""
     bests = [index for index, row in enumerate(state.history) if row["best"]]
     return len(state.history) - 1 - bests[-1] if bests else len(state.history)
+
+
+def _best_scores(state: LoopState) -> dict[str, float]:
+    """The loss and metrics of the best validation so far, by name ({} before the first)."""
+    bests = [row for row in state.history if row["best"]]
+    return {key.removeprefix("valid_"): value for key, value in bests[-1].items() if key.startswith("valid_")} if bests else {}
 
 
 def _checkpoint(run: _Run, state: LoopState, report: Report, *, validate: bool) -> bool:
@@ -209,35 +216,37 @@ def _checkpoint(run: _Run, state: LoopState, report: Report, *, validate: bool) 
     With several ranks, rank 0 checks, validates and saves (with every rank's RNG state); every rank records
     the result, since the schedule and early stopping depend on it.
     """
-    finite, result = run.world.on_main(_examine, run, state, validate=validate)
+    finite, result, hypotheses = run.world.on_main(_examine, run, state, validate=validate)
     if not finite:
         return False
     if result:
         state.history.append({"step": state.step, "epoch": state.epoch, "elapsed_s": round(result.elapsed, 1),
                               "lr": run.optimizer.param_groups[0]["lr"], "valid_loss": result.loss,
-                              "valid_ppl": result.perplexity, "valid_bleu": result.bleu,
-                              "bleu_signature": result.signature, "best": result.is_best})
-        run.rate.after_validation(result.bleu)
+                              "valid_ppl": result.perplexity, **{f"valid_{name}": value for name, value in result.scores.items()},
+                              **{f"{name}_signature": text for name, text in result.signatures.items()},
+                              "select_metric": result.metric, "best": result.is_best})
+        run.rate.after_validation(result.score if metrics.higher_is_better(result.metric) else -result.score)
         if result.is_best:
-            state.best_bleu = result.bleu
+            state.best_score = result.score
     rng_by_rank = run.world.gather(runfolder.rng_state(run.world.device)) if run.world.size > 1 else None
-    run.world.on_main(_save, run, state, validated=result is not None, rng_by_rank=rng_by_rank)
+    run.world.on_main(_save, run, state, hypotheses=hypotheses, rng_by_rank=rng_by_rank)
     if result:
         report(result)
     return True
 
 
-def _examine(run: _Run, state: LoopState, *, validate: bool) -> tuple[bool, Validated | None]:
-    """Whether the weights are all finite, and, if so and asked, how the model does on the validation set."""
+def _examine(run: _Run, state: LoopState, *, validate: bool) -> tuple[bool, Validated | None, list[str] | None]:
+    """Whether the weights are all finite, and, if so and asked, how the model does on the validation set (and
+    its outputs)."""
     if not all(bool(torch.isfinite(param).all()) for param in run.model.parameters()):
-        return False, None
-    return True, _validate(run, state) if validate else None
+        return False, None, None
+    return (True, *_validate(run, state)) if validate else (True, None, None)
 
 
-def _save(run: _Run, state: LoopState, *, validated: bool, rng_by_rank: list | None) -> None:
+def _save(run: _Run, state: LoopState, *, hypotheses: list[str] | None, rng_by_rank: list | None) -> None:
     training = runfolder.training_state(state, run.optimizer, run.rate, rng_by_rank=rng_by_rank)
     run.folder.save(run.cfg, run.tokenizers, run.model, step=state.step, history=state.history, training=training,
-                    validated=validated)
+                    hypotheses=hypotheses)
 
 
 def _epoch_plan(examples: Examples, settings: TrainConfig, epoch: int, ranks: int) -> list[list[int]]:
@@ -273,8 +282,9 @@ class _Window:
                          self.clipped, self.skipped, self.tokens / max(self.seconds, 1e-9), elapsed)
 
 
-def _validate(run: _Run, state: LoopState) -> Validated:
-    """Loss and perplexity by teacher forcing; BLEU of greedy translations against the raw references."""
+def _validate(run: _Run, state: LoopState) -> tuple[Validated, list[str]]:
+    """Loss and perplexity by teacher forcing; train.valid_metrics of greedy translations against the raw
+    references. Also returns the translations."""
     model = run.model
     model.eval()
     loss_sum, tokens = 0.0, 0
@@ -287,6 +297,16 @@ def _validate(run: _Run, state: LoopState) -> Validated:
             tokens += batch.tgt_tokens
     model.train()
     hypotheses = [best.text for best, *_ in run.translator.translate(run.valid_src)]
-    bleu, signature = metrics.bleu(hypotheses, run.valid_tgt)
+    names = validation_metrics(run.cfg.train)
+    results = metrics.corpus_scores(hypotheses, [run.valid_tgt], names) if names else []
     loss = loss_sum / max(tokens, 1)
-    return Validated(state.step, loss, math.exp(min(loss, 50.0)), bleu, signature, bleu > state.best_bleu, state.elapsed)
+    metric = run.cfg.train.select_metric
+    score = loss if metric == "loss" else next(result.score.score for result in results if result.name == metric)
+    best = state.best_score
+    is_best = best is None or (score > best if metrics.higher_is_better(metric) else score < best)
+    shown = sorted({round(k * (len(hypotheses) - 1) / (SHOWN_EXAMPLES - 1)) for k in range(SHOWN_EXAMPLES)})
+    return Validated(
+        state.step, loss, math.exp(min(loss, 50.0)), {result.name: result.score.score for result in results},
+        {result.name: result.signature for result in results}, metric, is_best,
+        state.elapsed, tuple((run.valid_src[i], run.valid_tgt[i], hypotheses[i]) for i in shown if hypotheses),
+    ), hypotheses

@@ -60,6 +60,13 @@ def test_several_references_take_the_nearest_and_exact_takes_any() -> None:
     assert wer_one.score.score == pytest.approx(100 * 3 / 6)
 
 
+def test_an_empty_line_in_a_second_reference_file_is_no_reference() -> None:
+    """Words with two pronunciations beside words with one: the second file is empty on the latter's lines."""
+    hyps, first, second = ["K AE T", "T AH M EY T OW"], ["K AE T", "T AH M AA T OW"], ["", "T AH M EY T OW"]
+    wer, exact = (r.score.score for r in corpus_scores(hyps, [first, second], ["wer", "exact"]))
+    assert (wer, exact) == (0.0, 100.0)
+
+
 def test_signatures_say_what_was_counted() -> None:
     wer, cer, exact = corpus_scores(["a b"], [["a b"]], ["wer", "cer", "exact"])
     assert wer.signature.startswith("nrefs:1|unit:word|case:mixed|norm:whitespace|version:seq2seq-")

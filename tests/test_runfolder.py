@@ -26,13 +26,15 @@ def test_keep_best_keeps_the_checkpoints_of_the_best_scoring_validations(tmp_pat
     kept_after = []
     for step, bleu in SCORES:
         history.append(_row(step, bleu, history))
-        folder.save(cfg, tokenizers, model, step=step, history=history, training={}, validated=True)
+        folder.save(cfg, tokenizers, model, step=step, history=history, training={}, hypotheses=[f"output at {step}"])
         kept_after.append(sorted(int(path.stem[5:]) for path in tmp_path.glob("step-*.pt")))
 
     assert kept_after == [[100], [100, 200], [100, 200, 300], [100, 200, 300], [200, 300, 500], [200, 300, 500]]
     assert checkpoint.load(folder.best).step == 200 and checkpoint.load(folder.best).info["valid_bleu"] == 30.0
     assert checkpoint.load(folder.last).step == 600
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [s for s, _ in SCORES]
+    assert (tmp_path / "last.valid.txt").read_text() == "output at 600\n"
+    assert (tmp_path / "best.valid.txt").read_text() == "output at 200\n", "the outputs of best.pt's validation"
 
 
 def test_a_save_without_validation_writes_last_pt_alone(tmp_path: Path, tokenizers) -> None:
@@ -40,7 +42,7 @@ def test_a_save_without_validation_writes_last_pt_alone(tmp_path: Path, tokenize
     folder = RunFolder(tmp_path)
     folder.create(cfg, overwrite=False)
     model = checkpoint.build_model(cfg, tokenizers)
-    folder.save(cfg, tokenizers, model, step=7, history=[], training={"loop": {}}, validated=False)
+    folder.save(cfg, tokenizers, model, step=7, history=[], training={"loop": {}})
     assert sorted(path.name for path in tmp_path.iterdir()) == ["config.toml", "last.pt"]
     assert checkpoint.load(folder.last).training == {"loop": {}}
 
@@ -48,3 +50,10 @@ def test_a_save_without_validation_writes_last_pt_alone(tmp_path: Path, tokenize
 def test_ties_keep_the_earlier_validation() -> None:
     history = [{"step": 1, "valid_bleu": 0.0}, {"step": 2, "valid_bleu": 0.0}, {"step": 3, "valid_bleu": 1.0}]
     assert kept_steps(history, 2) == {1, 3}
+
+
+def test_error_rates_and_the_loss_keep_their_lowest() -> None:
+    history = [{"step": 1, "valid_wer": 30.0, "valid_loss": 2.0}, {"step": 2, "valid_wer": 10.0, "valid_loss": 3.0},
+               {"step": 3, "valid_wer": 20.0, "valid_loss": 1.0}]
+    assert kept_steps(history, 2, "wer") == {2, 3}
+    assert kept_steps(history, 1, "loss") == {3}

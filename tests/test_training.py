@@ -72,14 +72,14 @@ def test_metrics_hold_one_json_line_per_validation(run) -> None:
     assert [row["step"] for row in rows] == [event.step for event in of_kind(events, training.Validated)]
     for row, event in zip(rows, of_kind(events, training.Validated)):
         assert row["valid_loss"] == pytest.approx(event.loss)
-        assert row["valid_bleu"] == pytest.approx(event.bleu)
+        assert row["valid_bleu"] == pytest.approx(event.scores["bleu"])
         assert row["best"] == event.is_best
 
 
 def test_last_and_best_checkpoints_hold_the_right_steps(run, config: Config) -> None:
     out, events = run
     validations = of_kind(events, training.Validated)
-    best_step = max(validations, key=lambda v: (v.bleu, -v.step)).step  # the first to reach the best BLEU
+    best_step = max(validations, key=lambda v: (v.scores["bleu"], -v.step)).step  # the first to reach the best BLEU
 
     last, best = checkpoint.load(out / "last.pt"), checkpoint.load(out / "best.pt")
 

@@ -54,3 +54,49 @@ def test_overwrite_removes_the_kept_checkpoints_of_the_old_run(config: Config, t
     training.train(with_train(config, keep_best=3), tmp_path)
     training.train(with_train(config, max_steps=1), tmp_path, overwrite=True)
     assert not list(tmp_path.glob("step-*.pt"))
+
+
+def test_the_selected_metric_picks_best_pt_and_the_kept_checkpoints_in_its_direction(config: Config, tmp_path: Path) -> None:
+    """By the validation loss (lower is better, and distinct at every step, unlike the tiny model's BLEU)."""
+    events: list = []
+    finished = training.train(with_train(config, select_metric="loss", valid_metrics="bleu,wer,exact", keep_best=2),
+                              tmp_path, report=events.append)
+    history = rows(tmp_path)
+    by_loss = sorted(history, key=lambda row: row["valid_loss"])
+    assert checkpoint.load(tmp_path / "best.pt").step == by_loss[0]["step"]
+    assert sorted(int(path.stem[5:]) for path in tmp_path.glob("step-*.pt")) == sorted(row["step"] for row in by_loss[:2])
+    assert [row["best"] for row in history] == [row["valid_loss"] == min(r["valid_loss"] for r in history[: i + 1])
+                                                 for i, row in enumerate(history)]
+    assert {"valid_bleu", "valid_wer", "valid_exact", "wer_signature"} <= history[-1].keys()
+    assert finished.metric == "loss" and finished.best["loss"] == by_loss[0]["valid_loss"]
+    info = checkpoint.load(tmp_path / "best.pt").info
+    assert info["valid_wer"] == by_loss[0]["valid_wer"] and "unit:word" in info["wer_signature"]
+
+
+def test_each_validation_writes_its_outputs_and_shows_three_examples(config: Config, tmp_path: Path) -> None:
+    events: list = []
+    training.train(with_train(config, max_steps=2), tmp_path, report=events.append)
+    validated = [event for event in events if isinstance(event, training.Validated)]
+    sources = Path(config.data.valid_source).read_text(encoding="utf-8").splitlines()
+    references = Path(config.data.valid_target).read_text(encoding="utf-8").splitlines()
+    outputs = (tmp_path / "last.valid.txt").read_text(encoding="utf-8").splitlines()
+    assert len(outputs) == len(sources) == 6
+    assert [(source, reference) for source, reference, _ in validated[-1].examples] == \
+        [(sources[0], references[0]), (sources[2], references[2]), (sources[5], references[5])]
+    assert [output for _, _, output in validated[-1].examples] == [outputs[0], outputs[2], outputs[5]]
+    assert (tmp_path / "best.valid.txt").exists()
+
+
+def test_an_empty_validation_reference_is_refused_before_training_when_selecting_by_wer(
+    config: Config, tmp_path: Path,
+) -> None:
+    from seq2seq.errors import DataError
+
+    targets = Path(config.data.valid_target).read_text(encoding="utf-8").splitlines()
+    holed = tmp_path / "valid.tgt"
+    holed.write_text("\n".join([targets[0], "", *targets[2:]]) + "\n", encoding="utf-8")
+    broken = dataclasses.replace(with_train(config, select_metric="wer"),
+                                 data=dataclasses.replace(config.data, valid_target=str(holed)))
+    with pytest.raises(DataError, match=r"valid.tgt:2: empty reference line"):
+        training.train(broken, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
