@@ -66,7 +66,7 @@ def first_update(source: str, target: str, data: Path, output: str, cache: str) 
     from seq2seq import config
     from seq2seq.allocator import reuse_freed_memory, small_kernel_cache
     from seq2seq.tokenizer import TokenizerCache
-    from seq2seq.training import StepsDone, train
+    from seq2seq import StepsDone, train
 
     start = time.perf_counter()
     reuse_freed_memory()  # as `seq2seq train` does
