@@ -128,3 +128,15 @@ def test_bad_input_is_one_line_and_an_exit_code(files: Path, args: list[str], co
     assert result.exit_code == code
     (line,) = result.stderr.splitlines()
     assert message in line
+
+
+def test_the_command_scores_wer_line_by_line_and_in_a_paired_test(files: Path) -> None:
+    lines = runner.invoke(app, ["score", "ref.txt", "-i", "hyp.txt", "-m", "wer", "--sentence-level", "-b", "-w", "2"])
+    assert lines.exit_code == 0, lines.output
+    assert lines.stdout.split() == ["33.33", "0.00"]
+    paired = runner.invoke(app, ["score", "ref.txt", "-i", "hyp.txt", "ref.txt", "-m", "wer,exact", "--paired-bs",
+                                 "--paired-bs-n", "50", "-f", "json"])
+    assert paired.exit_code == 0, paired.output
+    table = json.loads(paired.stdout)
+    assert [row["WER"]["score"] for row in table["systems"]] == pytest.approx([100 / 6, 0.0])
+    assert "bs:50" in table["signatures"]["WER"] and "bs:50" in table["signatures"]["EXACT"]

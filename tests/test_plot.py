@@ -107,3 +107,25 @@ def test_help_has_examples_and_does_not_import_matplotlib() -> None:
     assert result.exit_code == 0 and "Examples" in result.stdout
     code = "import sys; from cli.main import app; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_error_rate_and_exact_match_panels_appear_when_validation_computed_them(tmp_path: Path, monkeypatch) -> None:
+    """A panel is drawn per kind of score present: BLEU alone gives 3, WER/CER and exact match add one each."""
+    from seq2seq import plotting
+
+    made: list[int] = []
+    real = plotting._figure
+
+    def counting(width: int, height: int):
+        figure = real(width, height)
+        subplots = figure.subplots
+        figure.subplots = lambda rows, *args, **kwargs: made.append(rows) or subplots(rows, *args, **kwargs)
+        return figure
+
+    monkeypatch.setattr(plotting, "_figure", counting)
+    rows = _rows(4)
+    plotting.plot_curves(rows, tmp_path / "bleu.png")
+    g2p = [{**row, "valid_wer": 10.0 - row["step"] / 100, "valid_cer": 5.0, "valid_exact": 50.0 + row["step"] / 100,
+            "select_metric": "exact"} for row in rows]
+    plotting.plot_curves(g2p, tmp_path / "g2p.png")
+    assert made == [3, 5]
