@@ -33,7 +33,7 @@ def train(
     source: Annotated[str | None, Opt(help="Training source file (plain or .gz, one sentence a line).", rich_help_panel="Data")] = None,
     target: Annotated[str | None, Opt(help="Training target file, parallel to --source.", rich_help_panel="Data")] = None,
     valid_source: Annotated[str | None, Opt(help="Validation source file.", rich_help_panel="Data")] = None,
-    valid_target: Annotated[str | None, Opt(help="Validation target file (the BLEU reference).", rich_help_panel="Data")] = None,
+    valid_target: Annotated[str | None, Opt(help="Validation target file (the reference of the validation scores).", rich_help_panel="Data")] = None,
     output: Annotated[Path | None, Opt("--output", "-o", help="Run folder for checkpoints, metrics and config.", rich_help_panel="Data")] = None,
     config_file: Annotated[Path | None, Opt("--config", "-c", help="Settings file (TOML, or YAML with PyYAML).", rich_help_panel="Settings")] = None,
     overrides: Annotated[list[str] | None, Opt("--set", metavar="SECTION.KEY=VALUE", help="Override any setting; repeatable.", rich_help_panel="Settings")] = None,

@@ -25,7 +25,7 @@ class DataConfig:
     source: str | None = None          # training source file (plain or .gz, one sentence a line)
     target: str | None = None          # training target file, parallel to `source`
     valid_source: str | None = None    # validation source file
-    valid_target: str | None = None    # validation target file (the BLEU reference)
+    valid_target: str | None = None    # validation target file (the reference of the validation scores)
     max_length: int = 100              # training pairs with a side longer than this (in pieces) are skipped
 
 

@@ -24,7 +24,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> t
 
 
 class LearningRate:
-    """lr(step) = peak x warm-up x decay, floored at min_lr; `plateau` halves (x factor) on stalled BLEU."""
+    """lr(step) = peak x warm-up x decay, floored at min_lr; `plateau` halves (x factor) on a stalled validation score (higher is better: the loop negates error rates)."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg

@@ -52,7 +52,7 @@ class _Run:
     tokenizers: Tokenizers
     model: Seq2Seq        # what is validated and saved: never wrapped
     network: nn.Module    # what the training forward goes through: the model, or DDP around it
-    translator: Translator  # greedy search with the model, for validation BLEU
+    translator: Translator  # greedy search with the model, for the validation scores
     optimizer: torch.optim.Optimizer
     rate: LearningRate
     examples: Examples
