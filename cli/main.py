@@ -49,6 +49,10 @@ _register()
 
 def main() -> None:
     """The console script (and `python -m seq2seq`): run the app, then leave at once with its exit code."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`): there is nowhere to put results
+        print("error: stdout is closed; seq2seq writes its results there: redirect it (> FILE, or > /dev/null)",
+              file=sys.stderr)
+        _leave(1)
     try:
         app()
     except SystemExit as done:  # Typer ends every command this way; any other exception keeps its traceback
@@ -70,8 +74,12 @@ def _leave(code: int | str | None) -> NoReturn:
     if sys.gettrace() or sys.getprofile():  # a profiler or a coverage tool, which writes its results at exit
         sys.exit(code)
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
         sys.stderr.flush()
-    except (OSError, ValueError):  # the reader of a pipe left, or the stream is closed: a quiet failure
+    except BrokenPipeError:  # the reader of a pipe left: a quiet failure
+        code = code or 1
+    except (OSError, ValueError) as error:  # what was still buffered could not be written (a full disk)
+        print(f"error: stdout: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
         code = code or 1
     os._exit(code or 0)

@@ -2,13 +2,16 @@
 
 Everything inside is a tensor or a plain value (dict, list, str, bytes, int, float, bool, None), so
 the file loads with `torch.load(weights_only=True)`: opening a model never runs code from it.
-Files are written atomically, so a crash mid-save leaves the previous file as it was.
+Files are written atomically, so a crash mid-save leaves the previous file as it was. The weights carry
+a CRC-32, checked on load: bytes damaged inside a tensor would otherwise load as silent NaN or wrong
+weights. Weights that are not all finite are refused too (training never saves them).
 """
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+import zlib
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,6 +42,23 @@ def build_model(config: Config, tokenizers: Tokenizers) -> Seq2Seq:
     return Seq2Seq.from_config(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
 
 
+def weights_checksum(state: dict[str, torch.Tensor]) -> int:
+    """CRC-32 of every weight's name and bytes, in name order (about 25 ms for 50 MB)."""
+    crc = 0
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        crc = zlib.crc32(name.encode(), crc)
+        if tensor.numel():
+            crc = zlib.crc32(tensor.view(torch.uint8).numpy(), crc)
+    return crc
+
+
+def _all_finite(state: dict[str, torch.Tensor]) -> bool:
+    """Whether every weight is finite; a tensor's sum is checked first, a cheap test that finite weights pass."""
+    return all(bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+               for tensor in state.values() if tensor.is_floating_point())
+
+
 def save(
     path: str | Path, *, config: Config, tokenizers: Tokenizers, model: Seq2Seq, step: int,
     info: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
@@ -50,6 +70,7 @@ def save(
         "config": to_dict(config),
         "tokenizers": {"src": tokenizers.src.model_proto, "tgt": None if tokenizers.joint else tokenizers.tgt.model_proto},
         "model": model.state_dict(),
+        "weights_crc32": weights_checksum(model.state_dict()),
         "step": step,
         "info": {"seq2seq": __version__, "torch": version("torch"), **(info or {})},
         "training": training or {},
@@ -85,11 +106,17 @@ def load(path: str | Path) -> Checkpoint:
             f"(this seq2seq reads version {FORMAT_VERSION})"
         )
     try:
-        return _unpack(payload)
+        loaded = _unpack(payload)
     except ConfigError as error:
         raise CheckpointError(f"{path}: its config is invalid ({error})") from None
     except (KeyError, TypeError, AttributeError, RuntimeError) as error:
         raise CheckpointError(f"{path}: incomplete or damaged checkpoint ({_first_line(error)})") from None
+    if "weights_crc32" in payload and weights_checksum(payload["model"]) != payload["weights_crc32"]:  # older files have none
+        raise CheckpointError(f"{path}: its weights do not match the checksum saved with them: the file is damaged "
+                              "(a disk or copy error); use another copy")
+    if not _all_finite(payload["model"]):
+        raise CheckpointError(f"{path}: holds NaN or infinite weights, which seq2seq never saves: the file is damaged")
+    return loaded
 
 
 def _first_line(error: BaseException) -> str:

@@ -106,43 +106,37 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def validate(self) -> Config:
-        """Refuse settings no run could use, before any work starts."""
+        """Refuse settings no run could use, before any work starts: every number against its range
+        (`RANGES`), then the choices and the combinations."""
+        values = to_dict(self)
+        for name, (low, high) in RANGES.items():
+            section, key = name.split(".")
+            value = values[section][key]
+            if value < low[0] or (value == low[0] and not low[1]) or value > high[0] or (value == high[0] and not high[1]):
+                raise ConfigError(f"{name} must be {_range_text(low, high)}, got {value!r}")
         checks = [
             (self.tokenizer.model_type in TOKENIZER_TYPES and self.tokenizer.target_model_type in (None, *TOKENIZER_TYPES),
              "tokenizer.model_type and tokenizer.target_model_type must be unigram, bpe, char or word"),
             (self.tokenizer.target_model_type is None or not self.tokenizer.joint,
              "tokenizer.target_model_type needs separate tokenizers (tokenizer.joint = false)"),
-            (self.tokenizer.vocab_size >= 8, "tokenizer.vocab_size must be at least 8"),
             (self.model.cell in ("lstm", "gru", "rnn"), "model.cell must be lstm, gru or rnn"),
             (self.model.attention in ("bahdanau", "luong-dot", "luong-general", "none"),
              "model.attention must be bahdanau, luong-dot, luong-general or none"),
             (self.model.decoder_init in ("bridge", "last", "zeros"), "model.decoder_init must be bridge, last or zeros"),
             (self.model.hidden_dim % 2 == 0 or not self.model.bidirectional,
              "model.hidden_dim must be even with a bidirectional encoder (its two directions share it)"),
-            (min(self.model.emb_dim, self.model.hidden_dim, self.model.layers) > 0,
-             "model sizes must be positive"),
-            (all(0.0 <= p < 1.0 for p in (self.model.embedding_dropout, self.model.layer_dropout, self.model.output_dropout)),
-             "model dropouts must be in [0, 1)"),
-            (0.0 <= self.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
-            (self.train.batch_tokens > 0, "train.batch_tokens must be positive"),
             (self.train.optimizer in ("adam", "adamw"), "train.optimizer must be adam or adamw"),
             (self.train.schedule in ("constant", "inverse-sqrt", "plateau"),
              "train.schedule must be constant, inverse-sqrt or plateau"),
-            (self.train.lr > 0 and 0 < self.train.plateau_factor <= 1, "train.lr must be positive and train.plateau_factor in (0, 1]"),
-            (min(self.train.warmup_steps, self.train.patience, self.train.plateau_patience, self.train.clip_norm) >= 0
-             and self.train.keep_best >= 1, "train step counts and clip_norm must not be negative; train.keep_best at least 1"),
-            (self.train.valid_every > 0 and self.train.log_every > 0, "train.valid_every and train.log_every must be positive"),
             (self.train.select_metric in SELECT_METRICS,
              f"train.select_metric must be one of {', '.join(SELECT_METRICS)}"),
             (set(validation_metrics(self.train)) <= set(SELECT_METRICS),
              f"train.valid_metrics must list metrics from {', '.join(SELECT_METRICS[:-1])}, separated by commas"),
-            (self.train.max_nonfinite > 0, "train.max_nonfinite must be positive"),
             (self.train.precision in PRECISIONS and self.search.precision in PRECISIONS,
              "train.precision and search.precision must be fp32 or bf16"),
             (self.search.quantize in ("none", "int8"), "search.quantize must be none or int8"),
             (self.search.quantize == "none" or self.search.precision == "fp32",
              "search.quantize = int8 computes in fp32 between its int8 products: leave search.precision at fp32"),
-            (self.search.beam_size >= 1 and self.search.batch_size >= 1, "search.beam_size and search.batch_size must be at least 1"),
             (self.train.backend in ("auto", "gloo", "nccl"), "train.backend must be auto, gloo or nccl"),
             (self.train.device in DEVICES, "train.device must be auto, cpu or cuda"),
         ]
@@ -150,6 +144,53 @@ class Config:
             if not ok:
                 raise ConfigError(message)
         return self
+
+
+INF = float("inf")
+# Every numeric setting's range: ((lowest, lowest allowed?), (highest, highest allowed?)).
+RANGES: dict[str, tuple[tuple[float, bool], tuple[float, bool]]] = {
+    "data.max_length": ((0, True), (INF, False)),
+    "tokenizer.vocab_size": ((8, True), (INF, False)),
+    "tokenizer.character_coverage": ((0.0, False), (1.0, True)),
+    "model.emb_dim": ((1, True), (INF, False)),
+    "model.hidden_dim": ((1, True), (INF, False)),
+    "model.layers": ((1, True), (INF, False)),
+    "model.embedding_dropout": ((0.0, True), (1.0, False)),
+    "model.layer_dropout": ((0.0, True), (1.0, False)),
+    "model.output_dropout": ((0.0, True), (1.0, False)),
+    "train.seed": ((0, True), (2**63 - 1, True)),
+    "train.lr": ((0.0, False), (INF, False)),
+    "train.weight_decay": ((0.0, True), (INF, False)),
+    "train.warmup_steps": ((0, True), (INF, False)),
+    "train.plateau_factor": ((0.0, False), (1.0, True)),
+    "train.plateau_patience": ((1, True), (INF, False)),
+    "train.min_lr": ((0.0, True), (INF, False)),
+    "train.clip_norm": ((0.0, True), (INF, False)),
+    "train.patience": ((0, True), (INF, False)),
+    "train.keep_best": ((1, True), (INF, False)),
+    "train.label_smoothing": ((0.0, True), (1.0, False)),
+    "train.batch_tokens": ((1, True), (INF, False)),
+    "train.max_steps": ((0, True), (INF, False)),
+    "train.max_time": ((0.0, True), (INF, False)),
+    "train.valid_every": ((1, True), (INF, False)),
+    "train.log_every": ((1, True), (INF, False)),
+    "train.max_nonfinite": ((1, True), (INF, False)),
+    "train.threads": ((0, True), (INF, False)),
+    "search.beam_size": ((1, True), (INF, False)),
+    "search.batch_size": ((1, True), (INF, False)),
+    "search.length_penalty": ((0.0, True), (INF, False)),
+    "search.max_length_ratio": ((0.0, True), (INF, False)),
+    "search.max_length_constant": ((0, True), (INF, False)),
+    "search.min_length": ((0, True), (INF, False)),
+}
+
+
+def _range_text(low: tuple[float, bool], high: tuple[float, bool]) -> str:
+    """"at least 1", "from 0 to 1, below 1", ... as a user reads a range."""
+    lowest = f"at least {low[0]}" if low[1] else f"above {low[0]}"
+    if high[0] == INF:
+        return lowest
+    return f"{lowest} and {'at most' if high[1] else 'below'} {high[0]}"
 
 
 TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")

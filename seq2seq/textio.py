@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import stat
 import sys
 import tempfile
 import zlib
@@ -151,7 +152,9 @@ def atomic_write(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
     """Write `path` all or nothing: a temporary sibling is fsynced and renamed over it on success.
 
     On any failure (a full disk included) the temporary file is removed and the previous content
-    of `path`, if any, is left untouched; a failed write is a DataError that says so.
+    of `path`, if any, is left untouched; a failed write is a DataError that says so. The file gets the
+    mode a plain `open` would give it: a replaced file keeps its own, a new one follows the umask
+    (the temporary file starts private, 0600).
     """
     path = Path(path)
     folder = path.parent
@@ -168,6 +171,7 @@ def atomic_write(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
             yield file
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temp_name, stat.S_IMODE(path.stat().st_mode) if existed else 0o666 & ~_umask())
         os.replace(temp_name, path)
     except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
@@ -177,6 +181,20 @@ def atomic_write(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
         kept = "its previous content is intact" if existed else "nothing was written"
         raise DataError(f"{path}: could not be written ({cause.strerror or cause}); {kept}") from None
     _fsync_folder(folder)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only be read by setting it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_failure(error: BaseException) -> OSError | None:

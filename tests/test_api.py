@@ -83,7 +83,7 @@ def test_search_options_are_checked_by_the_library(make_model, tokenizers) -> No
         translator.translate(["the cat"], nbest=3)
     with pytest.raises(seq2seq.ConfigError, match="unknown search setting 'beam'"):
         translator.translate(["the cat"], beam=3)
-    with pytest.raises(seq2seq.ConfigError, match="search.beam_size and search.batch_size must be at least 1"):
+    with pytest.raises(seq2seq.ConfigError, match="search.beam_size must be at least 1, got 0"):
         translator.translate(["the cat"], beam_size=0)
     with pytest.raises(seq2seq.ConfigError, match="make a new translator"):
         translator.translate(["the cat"], quantize="int8")

@@ -245,3 +245,40 @@ def test_saving_over_a_checkpoint_replaces_it_whole(saved, tokenizers: Tokenizer
     assert loaded.step == 124
     assert torch.equal(loaded.model.out.weight, other.out.weight)
     assert [p.name for p in path.parent.iterdir()] == [path.name], "no temporary file is left behind"
+
+
+def test_bytes_damaged_inside_the_weights_are_refused_by_the_checksum(saved, tmp_path: Path) -> None:
+    """The zip and its pickle stay readable; only a tensor's bytes change, which would load as other weights."""
+    path, _ = saved
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(damaged, "w") as target:
+        largest = max((item for item in source.infolist() if "/data/" in item.filename), key=lambda item: item.file_size)
+        for item in source.infolist():
+            data = source.read(item)
+            if item is largest:
+                data = data[:100] + bytes(8) + data[108:]
+            target.writestr(item, data)
+
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(damaged))}: its weights do not match the checksum"):
+        checkpoint.load(damaged)
+
+
+def test_non_finite_weights_are_refused_even_with_a_matching_checksum(saved, tmp_path: Path) -> None:
+    path, _ = saved
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["out.bias"][3] = float("nan")
+    payload["weights_crc32"] = checkpoint.weights_checksum(payload["model"])
+    crafted = tmp_path / "nan.pt"
+    torch.save(payload, crafted)
+
+    with pytest.raises(CheckpointError, match="holds NaN or infinite weights"):
+        checkpoint.load(crafted)
+
+
+def test_a_file_saved_before_checksums_still_loads(saved, tmp_path: Path) -> None:
+    path, model = saved
+    payload = torch.load(path, weights_only=True)
+    del payload["weights_crc32"]
+    older = tmp_path / "older.pt"
+    torch.save(payload, older)
+    assert torch.equal(checkpoint.load(older).model.out.bias, model.out.bias)

@@ -261,3 +261,20 @@ def test_translating_in_bf16_on_a_cpu_without_bf16_units_is_one_line_and_exit_2(
     else:
         assert result.exit_code == 0, result.output
         assert len(result.stdout.splitlines()) == 2
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device whose writes fail with ENOSPC")
+@pytest.mark.parametrize(("redirect", "message"), [
+    ("> /dev/full", "error: stdout: No space left on device"),
+    (">&-", "error: stdout is closed; seq2seq writes its results there: redirect it (> FILE, or > /dev/null)"),
+])
+def test_a_stdout_that_cannot_be_written_is_one_line_and_exit_1(tmp_path: Path, redirect: str, message: str) -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    (tmp_path / "ref.txt").write_text("a b c\n", encoding="utf-8")
+    command = f"{shlex.quote(sys.executable)} -m seq2seq score ref.txt -i ref.txt -m wer {redirect}"
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == message

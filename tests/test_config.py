@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from seq2seq.config import Config, ModelConfig, from_dict, parse_override, resolve, to_dict, to_toml
+from seq2seq.config import RANGES, SECTIONS, Config, ModelConfig, from_dict, parse_override, resolve, to_dict, to_toml
 from seq2seq.errors import ConfigError
 
 
@@ -131,3 +131,38 @@ def test_to_toml_of_the_defaults_reloads_to_the_defaults(tmp_path: Path) -> None
     file = tmp_path / "config.toml"
     file.write_text(to_toml(Config()), encoding="utf-8")
     assert resolve(file) == Config()
+
+
+def _numeric_settings() -> list[str]:
+    return [f"{section}.{field.name}" for section in SECTIONS for field in dataclasses.fields(getattr(Config(), section))
+            if field.type in ("int", "float")]
+
+
+def test_every_numeric_setting_has_a_range() -> None:
+    assert sorted(_numeric_settings()) == sorted(RANGES)
+
+
+@pytest.mark.parametrize("name", sorted(RANGES))
+def test_a_value_just_outside_each_range_is_refused_naming_the_setting(name: str) -> None:
+    (low, low_allowed), (high, high_allowed) = RANGES[name]
+    integer = isinstance(dataclasses.asdict(Config())[name.split(".")[0]][name.split(".")[1]], int)
+    step = 1 if integer else 1e-9
+    outside = [low - step if low_allowed else low]
+    if high != float("inf"):
+        outside.append(high + step if high_allowed else high)
+    inside = low if low_allowed else low + step
+    for value in outside:
+        with pytest.raises(ConfigError, match=rf"^{re.escape(name)} must be .*, got {re.escape(repr(value))}$"):
+            resolve(overrides={name: value})
+    if name not in ("model.hidden_dim", "search.beam_size"):  # 1 is odd for a bidirectional encoder; the rest hold
+        resolve(overrides={name: inside})
+
+
+def test_the_command_line_refuses_a_negative_step_count_with_exit_2(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--max-steps", "-1", "--output", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: train.max_steps must be at least 0, got -1"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,23 @@ def test_atomic_write_creates_nothing_when_the_first_write_fails(tmp_path: Path)
 def test_atomic_write_into_a_missing_folder_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot write"), atomic_write(tmp_path / "nowhere" / "out.txt"):
         pass
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_gives_a_new_file_the_umasks_mode(tmp_path: Path, umask: int, mode: int) -> None:
+    previous = os.umask(umask)
+    try:
+        with atomic_write(tmp_path / "new.txt") as file:
+            file.write("x\n")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == mode
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "shared.txt"
+    path.write_text("old\n", encoding="utf-8")
+    path.chmod(0o640)
+    with atomic_write(path) as file:
+        file.write("new\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_text(encoding="utf-8") == "new\n"
