@@ -50,6 +50,8 @@ class TrainingReporter:
                 say(line)
         elif isinstance(event, DataReady):
             stats = event.train
+            if event.replaced_unfinished:
+                say(f"replacing {', '.join(event.replaced_unfinished)}: left by an earlier start that saved no checkpoint")
             if event.cached_tokenizers:
                 say(f"tokenizer: from the cache ({', '.join(map(str, event.cached_tokenizers))}), trained there before "
                     "on the same lines and settings")

@@ -34,6 +34,7 @@ class DataReady:
     batches_per_epoch: int
     resumed_step: int    # the step a resumed run continues after; 0 for a new run
     cached_tokenizers: tuple[Path, ...] = ()  # tokenizer files taken from the cache instead of trained
+    replaced_unfinished: tuple[str, ...] = ()  # files left by an earlier start that saved no checkpoint, now replaced
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class RunFolder:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.unfinished: list[str] = []  # files of an earlier start that saved no checkpoint, which this run replaces
 
     @property
     def best(self) -> Path:
@@ -98,7 +99,9 @@ class RunFolder:
         if resume:
             return _resumable(self.path, cfg, world_size)
         existing = [path.name for path in self._run_files()]
-        if existing and not overwrite:
+        if existing and not overwrite and not any(name.endswith(".pt") for name in existing):
+            self.unfinished = existing  # a start that failed or was killed before its first save: nothing to resume
+        elif existing and not overwrite:
             raise ConfigError(f"{self.path} already holds a run ({', '.join(existing)}); pass --resume to continue it "
                               "or --overwrite to replace it")
         return None
@@ -110,7 +113,7 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise DataError(f"{self.path}: cannot create the run folder ({error.strerror})") from None
-        replaced = self._run_files() if overwrite else []
+        replaced = self._run_files() if overwrite or self.unfinished else []
         leftovers = [path for name in (*RUN_FILES, KEPT_BEST) for path in self.path.glob(f".{name}.*.tmp")]  # atomic_write's
         for path in replaced + leftovers:
             path.unlink(missing_ok=True)

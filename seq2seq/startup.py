@@ -71,8 +71,11 @@ def start_run(
     torch.manual_seed(cfg.train.seed)
     if not resumed:
         report(Preparing("tokenizer", len(src_lines)))
-    tokenizers = (resumed.checkpoint.tokenizers if resumed
-                  else world.on_main(train_tokenizers, src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache))
+    try:
+        tokenizers = (resumed.checkpoint.tokenizers if resumed
+                      else world.on_main(train_tokenizers, src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache))
+    except DataError as error:  # the text itself: name the files it came from
+        raise DataError(f"{data.source} and {data.target}: {error}") from None
     report(Preparing("encoding", len(src_lines)))
     examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length)
     unseen = (unseen_characters(src_lines, valid_src), unseen_characters(tgt_lines, valid_tgt)) if count_unseen else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from array import array
 from collections.abc import Sequence
 from dataclasses import replace
@@ -70,6 +71,9 @@ class Tokenizers(NamedTuple):
         return self.src is self.tgt
 
 
+MAX_SENTENCE_BYTES = 4192  # SentencePiece's max_sentence_length: it skips longer training lines
+
+
 def train_tokenizers(
     src_lines: Sequence[str], tgt_lines: Sequence[str], cfg: TokenizerConfig, cache: TokenizerCache | None = None
 ) -> Tokenizers:
@@ -81,13 +85,35 @@ def train_tokenizers(
 
 
 def _sentencepiece_model(lines: Sequence[str], options: dict[str, object]) -> bytes:
+    """A trained SentencePiece model. Text it cannot learn from is a DataError saying why, before SentencePiece
+    would stop with an internal check ("INTERNAL: ... [!sentences_.empty()]")."""
+    if not any(line.strip() and len(line.encode("utf-8", "surrogatepass")) <= MAX_SENTENCE_BYTES for line in lines):
+        if not lines:
+            raise DataError("no line to learn the tokenizer from: the text is empty")
+        empty = sum(not line.strip() for line in lines)
+        reasons = [f"{empty:,} empty"] if empty else []
+        if len(lines) > empty:
+            reasons.append(f"{len(lines) - empty:,} over {MAX_SENTENCE_BYTES:,} bytes, longer than SentencePiece learns from")
+        raise DataError(f"no line to learn the tokenizer from: of {len(lines):,} lines, {' and '.join(reasons)} "
+                        "(one sentence a line is expected)")
     model = io.BytesIO()
     spm.set_random_generator_seed(SPM_SEED)  # its sampling of large corpora is then repeatable
     try:
         spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, **options)
     except RuntimeError as error:
-        raise DataError(f"SentencePiece could not be trained: {error}") from None
+        raise DataError(_trainer_failure(str(error))) from None
     return model.getvalue()
+
+
+def _trainer_failure(message: str) -> str:
+    """SentencePiece's error in the user's terms: without its "INTERNAL: file.cc(line) [check]" prefix, and naming
+    this package's settings where it names its own."""
+    too_small = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", message)
+    if too_small:
+        size, needed = too_small.groups()
+        return (f"tokenizer.vocab_size {size} is smaller than the {needed} pieces this text needs at least (its characters "
+                "and the special pieces): raise --vocab-size, or lower tokenizer.character_coverage")
+    return "SentencePiece could not be trained: " + re.sub(r"^INTERNAL: \S+\(\d+\) \[.*?\] ", "", message.strip())
 
 
 def _trainer_options(cfg: TokenizerConfig) -> dict[str, object]:

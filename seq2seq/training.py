@@ -102,7 +102,7 @@ def _train(
     plan = _epoch_plan(begun.examples, cfg.train, state.epoch, world.size)  # planned once: 1M pairs take seconds
     report(DataReady(begun.stats, len(begun.valid_src), begun.tokenizers.src.vocab_size, begun.tokenizers.tgt.vocab_size,
                      sum(p.numel() for p in model.parameters()), len(plan), state.step,
-                     tuple(tokenizer_cache.used) if tokenizer_cache else ()))
+                     tuple(tokenizer_cache.used) if tokenizer_cache else (), tuple(folder.unfinished)))
     return _loop(run, state, plan, report, should_stop)
 
 

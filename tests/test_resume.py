@@ -298,3 +298,19 @@ def test_refusals_through_the_cli_are_usage_errors(recipe: Path, interrupted: Pa
     result = runner.invoke(app, [*cli_args(recipe, run, STEPS), *extra])
     assert result.exit_code == 2, result.output
     assert result.stderr.count("\n") == 1 and fragment in result.stderr
+
+
+def test_a_start_that_saved_no_checkpoint_does_not_block_the_next_one(config: Config, tmp_path: Path) -> None:
+    """config.toml alone (a start stopped by bad data, a full disk or SIGKILL before its first save): neither
+    "already holds a run" nor "no run to resume", but a new run that says what it replaces."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
+    events: list = []
+    training.train(dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=1)), out,
+                   report=events.append)
+    (ready,) = [event for event in events if isinstance(event, training.DataReady)]
+    assert ready.replaced_unfinished == ("config.toml",)
+    assert (out / "last.pt").exists()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        training.train(config, out)

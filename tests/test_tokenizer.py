@@ -89,7 +89,7 @@ def test_every_model_type_trains_and_round_trips(model_type: str, corpus: tuple[
 
 @pytest.mark.parametrize("lines", [[], ["", ""]])
 def test_training_on_no_text_is_a_data_error(lines: list[str]) -> None:
-    with pytest.raises(DataError, match="SentencePiece could not be trained"):
+    with pytest.raises(DataError, match="no line to learn the tokenizer from: (the text is empty|of 2 lines, 2 empty)"):
         Tokenizer.train(lines, TokenizerConfig(vocab_size=60))
 
 
@@ -169,3 +169,14 @@ def test_a_cache_that_cannot_be_written_does_not_stop_training(corpus: tuple[lis
     blocked.write_text("in the way")
     tokenizer = Tokenizer.train(corpus[0], TokenizerConfig(vocab_size=60), TokenizerCache(blocked / "tokenizers"))
     assert tokenizer.decode(tokenizer.encode(corpus[0][:5])) == corpus[0][:5]
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    (["", "  ", ""], r"no line to learn the tokenizer from: of 6 lines, 6 empty \(one sentence a line"),
+    (["x" * 5000], r"no line to learn the tokenizer from: of 2 lines, 2 over 4,192 bytes"),
+    (["a b", "c d"], r"tokenizer.vocab_size 8 is smaller than the 9 pieces this text needs at least"),
+])
+def test_text_sentencepiece_cannot_learn_from_is_a_data_error_in_the_users_terms(lines: list[str], message: str) -> None:
+    with pytest.raises(DataError, match=message) as caught:
+        train_tokenizers(lines, lines, TokenizerConfig(vocab_size=8))
+    assert "INTERNAL" not in str(caught.value)
