@@ -151,20 +151,32 @@ def _decode_lines(block: bytes, name: str, lines_before: int) -> list[str]:
 def atomic_write(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
     """Write `path` all or nothing: a temporary sibling is fsynced and renamed over it on success.
 
+    A symbolic link is followed to the file it names. A device or a FIFO at `path` (/dev/null, a named
+    pipe) is written through as it is: there is nothing to keep whole, and replacing it would break it.
+
     On any failure (a full disk included) the temporary file is removed and the previous content
     of `path`, if any, is left untouched; a failed write is a DataError that says so. The file gets the
     mode a plain `open` would give it: a replaced file keeps its own, a new one follows the umask
     (the temporary file starts private, 0600).
     """
     path = Path(path)
+    if path.is_symlink():  # write the file the link names, and leave the link a link
+        path = path.resolve()
     folder = path.parent
     if path.is_dir():
         raise DataError(f"{path}: is a folder, cannot write a file there")
     existed = path.exists()
+    if existed and not path.is_file():  # a device or a FIFO (/dev/null, a pipe): write through it, never replace it
+        with _written_through(path, binary=binary) as file:
+            yield file
+        return
     try:
         handle, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except FileNotFoundError:
+        raise DataError(f"{path}: cannot write: the folder {folder} does not exist") from None
     except OSError as error:
-        raise DataError(f"{path}: cannot write ({error.strerror})") from None
+        raise DataError(f"{path}: cannot write: files are written whole through a temporary file beside them, and "
+                        f"the folder {folder} refuses new files ({error.strerror})") from None
     try:
         mode = "wb" if binary else "w"
         with os.fdopen(handle, mode, **({} if binary else {"encoding": "utf-8", "newline": "\n"})) as file:
@@ -181,6 +193,17 @@ def atomic_write(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
         kept = "its previous content is intact" if existed else "nothing was written"
         raise DataError(f"{path}: could not be written ({cause.strerror or cause}); {kept}") from None
     _fsync_folder(folder)
+
+
+@contextmanager
+def _written_through(path: Path, *, binary: bool) -> Iterator[IO]:
+    """Write straight into what is at `path` (a device or a FIFO); a failed write is a DataError."""
+    try:
+        with open(path, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": "\n"})) as file:
+            yield file
+            file.flush()
+    except OSError as error:
+        raise DataError(f"{path}: could not be written ({error.strerror or error})") from None
 
 
 def _umask() -> int:

@@ -189,3 +189,43 @@ def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path: Path) -> 
     with atomic_write(path) as file:
         file.write("new\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_text(encoding="utf-8") == "new\n"
+
+
+def test_atomic_write_through_a_symbolic_link_writes_the_file_it_names(tmp_path: Path) -> None:
+    target = tmp_path / "real.txt"
+    target.write_text("old\n", encoding="utf-8")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    with atomic_write(link) as file:
+        file.write("new\n")
+    assert link.is_symlink() and target.read_text(encoding="utf-8") == "new\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_atomic_write_into_a_fifo_writes_through_it_and_leaves_it_a_fifo(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text(encoding="utf-8")), daemon=True)
+    reader.start()
+    with atomic_write(fifo) as file:
+        file.write("through\n")
+    reader.join(timeout=30)
+    assert received == ["through\n"]
+    assert stat.S_ISFIFO(fifo.stat().st_mode), "still a FIFO, not replaced by a regular file"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_says_why_the_file_cannot_be_written(tmp_path: Path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    (folder / "out.txt").write_text("old\n", encoding="utf-8")
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(DataError, match="written whole through a temporary file beside them, and the folder"):
+            with atomic_write(folder / "out.txt") as file:
+                file.write("new\n")
+    finally:
+        folder.chmod(0o755)
