@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import torch
 
@@ -35,6 +36,12 @@ from seq2seq.optim import LearningRate
 from seq2seq.textio import atomic_write
 from seq2seq.tokenizer import Tokenizers
 
+try:
+    import fcntl  # POSIX advisory locks; where there are none (Windows), runs are not locked
+except ImportError:
+    fcntl = None  # type: ignore[assignment]
+
+LOCK = ".lock"  # held by the run training in the folder, with its pid inside
 RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt", "last.valid.txt", "best.valid.txt")
 # last.valid.txt: the validation set's outputs at the latest validation; best.valid.txt: at best.pt's
 KEPT_BEST = "step-*.pt"  # train.keep_best's extra checkpoints
@@ -78,6 +85,53 @@ class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.unfinished: list[str] = []  # files of an earlier start that saved no checkpoint, which this run replaces
+        self._lock: IO[str] | None = None
+        self._created = False  # whether `lock` made the folder
+
+    def lock(self) -> None:
+        """Take the folder's lock for this run's life, creating the folder: one run per folder at a time.
+
+        An advisory lock (flock) on LOCK, which the system releases when the process ends however it ends, so a
+        killed run leaves no stale lock. A folder another run holds is a ConfigError naming that run's pid.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise DataError(f"{self.path}: is a file, but the run folder must be a folder")
+        self._created = not self.path.exists()
+        while True:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                handle = open(self.path / LOCK, "a+", encoding="ascii")
+            except OSError as error:
+                raise DataError(f"{self.path}: cannot create the run folder ({error.strerror})") from None
+            if fcntl is None:
+                return handle.close()
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise ConfigError(f"{self.path} is in use by another training run (pid {holder}); wait for it to end "
+                                  "or train into another folder") from None
+            if _same_file(handle, self.path / LOCK):
+                break
+            handle.close()  # the run before removed the file between our open and our lock: take the new one
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        """Let the folder go: the lock file is removed (while still held), and the folder too if this run made it
+        and left nothing in it (a start that failed before writing)."""
+        if self._lock is None:
+            return
+        (self.path / LOCK).unlink(missing_ok=True)
+        self._lock.close()
+        self._lock = None
+        if self._created and not any(self.path.iterdir()):
+            self.path.rmdir()
 
     @property
     def best(self) -> Path:
@@ -163,6 +217,13 @@ class RunFolder:
 
     def _run_files(self) -> list[Path]:
         return [self.path / name for name in RUN_FILES if (self.path / name).exists()] + sorted(self.path.glob(KEPT_BEST))
+
+
+def _same_file(handle: IO[str], path: Path) -> bool:
+    try:
+        return os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def kept_steps(history: Sequence[dict[str, Any]], keep: int, metric: str = "bleu") -> set[int]:

@@ -72,9 +72,14 @@ def train(
     the same lines and settings. Nothing is written before the folder, the settings and the data have been checked.
     Under torchrun every process calls this alike (see `seq2seq.distributed`); only rank 0 writes and reports.
     """
+    folder = RunFolder(out_dir)
     with distributed.join(cfg.train.backend, cfg.train.device) as world:
-        return _train(cfg, RunFolder(out_dir), world, report if world.is_main else _silent, overwrite=overwrite,
-                      resume=resume, should_stop=should_stop, tokenizer_cache=tokenizer_cache)
+        world.on_main(folder.lock)  # one run per folder: a second is refused before it reads anything
+        try:
+            return _train(cfg, folder, world, report if world.is_main else _silent, overwrite=overwrite,
+                          resume=resume, should_stop=should_stop, tokenizer_cache=tokenizer_cache)
+        finally:
+            folder.unlock()
 
 
 def _silent(event: Event) -> None:

@@ -57,3 +57,39 @@ def test_error_rates_and_the_loss_keep_their_lowest() -> None:
                {"step": 3, "valid_wer": 20.0, "valid_loss": 1.0}]
     assert kept_steps(history, 2, "wer") == {2, 3}
     assert kept_steps(history, 1, "loss") == {3}
+
+
+def test_one_run_per_folder_and_a_killed_runs_lock_is_no_obstacle(tmp_path: Path) -> None:
+    """Two real processes: the second `train --overwrite` is refused naming the first's pid; once the first is
+    killed (SIGKILL: no chance to clean up), the next start goes ahead."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import synthetic_pairs
+
+    src, tgt = synthetic_pairs(300, seed=3)
+    for name, lines in (("train.src", src), ("train.tgt", tgt)):
+        (tmp_path / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "seq2seq", "train", "--source", "train.src", "--target", "train.tgt",
+               "--valid-source", "train.src", "--valid-target", "train.tgt", "--output", str(out), "--vocab-size", "60",
+               "--emb-dim", "8", "--hidden-dim", "16", "--no-cache", "-q", "--overwrite"]
+    first = subprocess.Popen([*command, "--max-steps", "100000"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "config.toml").exists():  # written once the lock is held and the data read
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.stderr else ""
+            time.sleep(0.1)
+        second = subprocess.run([*command, "--max-steps", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.strip() == (f"error: {out} is in use by another training run (pid {first.pid}); wait for it "
+                                         "to end or train into another folder")
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    third = subprocess.run([*command, "--max-steps", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr
+    assert not (out / ".lock").exists(), "a run that ends lets the folder go"
