@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from seq2seq.errors import ConfigError
 
@@ -109,11 +109,10 @@ class Config:
         """Refuse settings no run could use, before any work starts: every number against its range
         (`RANGES`), then the choices and the combinations."""
         values = to_dict(self)
-        for name, (low, high) in RANGES.items():
+        for name, allowed in RANGES.items():
             section, key = name.split(".")
-            value = values[section][key]
-            if value < low[0] or (value == low[0] and not low[1]) or value > high[0] or (value == high[0] and not high[1]):
-                raise ConfigError(f"{name} must be {_range_text(low, high)}, got {value!r}")
+            if values[section][key] not in allowed:
+                raise ConfigError(f"{name} must be {allowed.text()}, got {values[section][key]!r}")
         checks = [
             (self.tokenizer.model_type in TOKENIZER_TYPES and self.tokenizer.target_model_type in (None, *TOKENIZER_TYPES),
              "tokenizer.model_type and tokenizer.target_model_type must be unigram, bpe, char or word"),
@@ -146,51 +145,64 @@ class Config:
         return self
 
 
-INF = float("inf")
-# Every numeric setting's range: ((lowest, lowest allowed?), (highest, highest allowed?)).
-RANGES: dict[str, tuple[tuple[float, bool], tuple[float, bool]]] = {
-    "data.max_length": ((0, True), (INF, False)),
-    "tokenizer.vocab_size": ((8, True), (INF, False)),
-    "tokenizer.character_coverage": ((0.0, False), (1.0, True)),
-    "model.emb_dim": ((1, True), (INF, False)),
-    "model.hidden_dim": ((1, True), (INF, False)),
-    "model.layers": ((1, True), (INF, False)),
-    "model.embedding_dropout": ((0.0, True), (1.0, False)),
-    "model.layer_dropout": ((0.0, True), (1.0, False)),
-    "model.output_dropout": ((0.0, True), (1.0, False)),
-    "train.seed": ((0, True), (2**63 - 1, True)),
-    "train.lr": ((0.0, False), (INF, False)),
-    "train.weight_decay": ((0.0, True), (INF, False)),
-    "train.warmup_steps": ((0, True), (INF, False)),
-    "train.plateau_factor": ((0.0, False), (1.0, True)),
-    "train.plateau_patience": ((1, True), (INF, False)),
-    "train.min_lr": ((0.0, True), (INF, False)),
-    "train.clip_norm": ((0.0, True), (INF, False)),
-    "train.patience": ((0, True), (INF, False)),
-    "train.keep_best": ((1, True), (INF, False)),
-    "train.label_smoothing": ((0.0, True), (1.0, False)),
-    "train.batch_tokens": ((1, True), (INF, False)),
-    "train.max_steps": ((0, True), (INF, False)),
-    "train.max_time": ((0.0, True), (INF, False)),
-    "train.valid_every": ((1, True), (INF, False)),
-    "train.log_every": ((1, True), (INF, False)),
-    "train.max_nonfinite": ((1, True), (INF, False)),
-    "train.threads": ((0, True), (INF, False)),
-    "search.beam_size": ((1, True), (INF, False)),
-    "search.batch_size": ((1, True), (INF, False)),
-    "search.length_penalty": ((0.0, True), (INF, False)),
-    "search.max_length_ratio": ((0.0, True), (INF, False)),
-    "search.max_length_constant": ((0, True), (INF, False)),
-    "search.min_length": ((0, True), (INF, False)),
+class Range(NamedTuple):
+    """Where a numeric setting may lie: from `low` (itself too unless `above`) to `high` (itself too)."""
+
+    low: float
+    high: float = float("inf")
+    above: bool = False     # `low` itself is out
+    below: bool = False     # `high` itself is out
+
+    def __contains__(self, value: object) -> bool:
+        assert isinstance(value, (int, float))
+        return (self.low < value or (value == self.low and not self.above)) and \
+            (value < self.high or (value == self.high and not self.below))
+
+    def text(self) -> str:
+        """"at least 1", "above 0.0 and at most 1.0", ... as a user reads a range."""
+        lowest = f"above {self.low}" if self.above else f"at least {self.low}"
+        if self.high == float("inf"):
+            return lowest
+        return f"{lowest} and {'below' if self.below else 'at most'} {self.high}"
+
+
+AT_LEAST_0, AT_LEAST_1, ABOVE_0 = Range(0), Range(1), Range(0.0, above=True)
+BELOW_1, UP_TO_1 = Range(0.0, 1.0, below=True), Range(0.0, 1.0, above=True)  # [0, 1) and (0, 1]
+RANGES: dict[str, Range] = {  # every numeric setting's range
+    "data.max_length": AT_LEAST_0,
+    "tokenizer.vocab_size": Range(8),
+    "tokenizer.character_coverage": UP_TO_1,
+    "model.emb_dim": AT_LEAST_1,
+    "model.hidden_dim": AT_LEAST_1,
+    "model.layers": AT_LEAST_1,
+    "model.embedding_dropout": BELOW_1,
+    "model.layer_dropout": BELOW_1,
+    "model.output_dropout": BELOW_1,
+    "train.seed": Range(0, 2**63 - 1),
+    "train.lr": ABOVE_0,
+    "train.weight_decay": AT_LEAST_0,
+    "train.warmup_steps": AT_LEAST_0,
+    "train.plateau_factor": UP_TO_1,
+    "train.plateau_patience": AT_LEAST_1,
+    "train.min_lr": AT_LEAST_0,
+    "train.clip_norm": AT_LEAST_0,
+    "train.patience": AT_LEAST_0,
+    "train.keep_best": AT_LEAST_1,
+    "train.label_smoothing": BELOW_1,
+    "train.batch_tokens": AT_LEAST_1,
+    "train.max_steps": AT_LEAST_0,
+    "train.max_time": AT_LEAST_0,
+    "train.valid_every": AT_LEAST_1,
+    "train.log_every": AT_LEAST_1,
+    "train.max_nonfinite": AT_LEAST_1,
+    "train.threads": AT_LEAST_0,
+    "search.beam_size": AT_LEAST_1,
+    "search.batch_size": AT_LEAST_1,
+    "search.length_penalty": AT_LEAST_0,
+    "search.max_length_ratio": AT_LEAST_0,
+    "search.max_length_constant": AT_LEAST_0,
+    "search.min_length": AT_LEAST_0,
 }
-
-
-def _range_text(low: tuple[float, bool], high: tuple[float, bool]) -> str:
-    """"at least 1", "from 0 to 1, below 1", ... as a user reads a range."""
-    lowest = f"at least {low[0]}" if low[1] else f"above {low[0]}"
-    if high[0] == INF:
-        return lowest
-    return f"{lowest} and {'at most' if high[1] else 'below'} {high[0]}"
 
 
 TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")

@@ -76,7 +76,6 @@ class _ByLine(Metric):
 
     _SIGNATURE_TYPE = ErrorRateSignature
     name = ""
-    lower_is_better = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -121,7 +120,6 @@ class ExactMatch(_ByLine):
     """The share of lines equal to one of their references."""
 
     name = "EXACT"
-    lower_is_better = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -94,8 +94,7 @@ class RunFolder:
         An advisory lock (flock) on LOCK, which the system releases when the process ends however it ends, so a
         killed run leaves no stale lock. A folder another run holds is a ConfigError naming that run's pid.
         """
-        if self.path.exists() and not self.path.is_dir():
-            raise DataError(f"{self.path}: is a file, but the run folder must be a folder")
+        self._refuse_a_file()
         self._created = not self.path.exists()
         while True:
             try:
@@ -104,7 +103,8 @@ class RunFolder:
             except OSError as error:
                 raise DataError(f"{self.path}: cannot create the run folder ({error.strerror})") from None
             if fcntl is None:
-                return handle.close()
+                handle.close()
+                return
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -148,8 +148,7 @@ class RunFolder:
         """
         if overwrite and resume:
             raise ConfigError("--resume and --overwrite exclude each other: continue the run in the folder, or replace it")
-        if self.path.exists() and not self.path.is_dir():
-            raise DataError(f"{self.path}: is a file, but the run folder must be a folder")
+        self._refuse_a_file()
         if resume:
             return _resumable(self.path, cfg, world_size)
         existing = [path.name for path in self._run_files()]
@@ -214,6 +213,10 @@ class RunFolder:
         """metrics.jsonl: one JSON object per validation."""
         with atomic_write(self.path / "metrics.jsonl") as file:
             file.writelines(json.dumps(row) + "\n" for row in history)
+
+    def _refuse_a_file(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise DataError(f"{self.path}: is a file, but the run folder must be a folder")
 
     def _run_files(self) -> list[Path]:
         return [self.path / name for name in RUN_FILES if (self.path / name).exists()] + sorted(self.path.glob(KEPT_BEST))

@@ -197,6 +197,14 @@ def test_a_checkpoint_whose_pickle_is_corrupt_is_a_checkpoint_error(saved, tmp_p
         checkpoint.load(broken)
 
 
+def _resaved(path: Path, copy: Path, change) -> Path:
+    """`path`'s payload, changed in place by `change`, saved again as `copy`."""
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, copy)
+    return copy
+
+
 def _without_out_bias(weights: dict) -> dict:
     return {name: tensor for name, tensor in weights.items() if name != "out.bias"}
 
@@ -208,10 +216,7 @@ def _without_out_bias(weights: dict) -> dict:
 )
 def test_damaged_weights_are_a_checkpoint_error_naming_the_file(saved, tmp_path: Path, damage) -> None:
     path, _ = saved
-    payload = torch.load(path, weights_only=True)
-    payload["model"] = damage(payload["model"])
-    damaged = tmp_path / "damaged.pt"
-    torch.save(payload, damaged)
+    damaged = _resaved(path, tmp_path / "damaged.pt", lambda payload: payload.update(model=damage(payload["model"])))
 
     with pytest.raises(CheckpointError, match=f"{re.escape(str(damaged))}: incomplete or damaged checkpoint"):
         checkpoint.load(damaged)
@@ -265,11 +270,12 @@ def test_bytes_damaged_inside_the_weights_are_refused_by_the_checksum(saved, tmp
 
 def test_non_finite_weights_are_refused_even_with_a_matching_checksum(saved, tmp_path: Path) -> None:
     path, _ = saved
-    payload = torch.load(path, weights_only=True)
-    payload["model"]["out.bias"][3] = float("nan")
-    payload["weights_crc32"] = checkpoint.weights_checksum(payload["model"])
-    crafted = tmp_path / "nan.pt"
-    torch.save(payload, crafted)
+
+    def poison(payload: dict) -> None:
+        payload["model"]["out.bias"][3] = float("nan")
+        payload["weights_crc32"] = checkpoint.weights_checksum(payload["model"])
+
+    crafted = _resaved(path, tmp_path / "nan.pt", poison)
 
     with pytest.raises(CheckpointError, match="holds NaN or infinite weights"):
         checkpoint.load(crafted)
@@ -277,8 +283,5 @@ def test_non_finite_weights_are_refused_even_with_a_matching_checksum(saved, tmp
 
 def test_a_file_saved_before_checksums_still_loads(saved, tmp_path: Path) -> None:
     path, model = saved
-    payload = torch.load(path, weights_only=True)
-    del payload["weights_crc32"]
-    older = tmp_path / "older.pt"
-    torch.save(payload, older)
+    older = _resaved(path, tmp_path / "older.pt", lambda payload: payload.pop("weights_crc32"))
     assert torch.equal(checkpoint.load(older).model.out.bias, model.out.bias)

@@ -144,13 +144,13 @@ def test_every_numeric_setting_has_a_range() -> None:
 
 @pytest.mark.parametrize("name", sorted(RANGES))
 def test_a_value_just_outside_each_range_is_refused_naming_the_setting(name: str) -> None:
-    (low, low_allowed), (high, high_allowed) = RANGES[name]
+    allowed = RANGES[name]
     integer = isinstance(dataclasses.asdict(Config())[name.split(".")[0]][name.split(".")[1]], int)
     step = 1 if integer else 1e-9
-    outside = [low - step if low_allowed else low]
-    if high != float("inf"):
-        outside.append(high + step if high_allowed else high)
-    inside = low if low_allowed else low + step
+    outside = [allowed.low if allowed.above else allowed.low - step]
+    if allowed.high != float("inf"):
+        outside.append(allowed.high if allowed.below else allowed.high + step)
+    inside = allowed.low + step if allowed.above else allowed.low
     for value in outside:
         with pytest.raises(ConfigError, match=rf"^{re.escape(name)} must be .*, got {re.escape(repr(value))}$"):
             resolve(overrides={name: value})
