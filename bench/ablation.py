@@ -32,6 +32,8 @@ ROWS = {  # row: (run folder, changes to the recipe)
     "rnn (tanh)": ("rnn", ["model.cell=rnn"]),
     "no attention": ("no-attention", ["model.attention=none"]),
     "no input feeding": ("no-input-feeding", ["model.input_feeding=false"]),
+    "ema 0.999": ("ema", ["train.ema_decay=0.999"]),
+    "subword sampling 0.1": ("sampling", ["tokenizer.sampling_alpha=0.1"]),
 }
 
 

@@ -92,11 +92,22 @@ def _rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     if "valid_loss" in record:
         loss = record.pop("valid_loss")
         rows.append(("validation loss", f"{loss:.4f} per token (perplexity {math.exp(min(loss, 50.0)):.2f})"))
+    if "started_from" in record:  # a fine-tuned run's checkpoint
+        rows.append(("fine-tuned from", started_from(record.pop("started_from"))))
+    if facts["config"]["train"]["ema_decay"]:
+        rows.append(("weights", f"moving average of the trained ones (train.ema_decay = {facts['config']['train']['ema_decay']})"))
     made_with = ", ".join(f"{name} {record.pop(name)}" for name in ("seq2seq", "torch") if name in record)
     rows.append(("made with", made_with or "unknown"))
     rows += [(key.replace("_", " "), str(value)) for key, value in record.items()]
     rows.append(("training state", "included (a run can resume from this file)" if facts["training_state"] else "none (weights only)"))
     return rows
+
+
+def started_from(record: dict[str, Any]) -> str:
+    """A fine-tuned run's model file as its checkpoints record it: "base/best.pt (step 1,000, validation BLEU 35.20)"."""
+    label = METRIC_LABELS.get(record["metric"], record["metric"])
+    score = f", validation {label} {record['score']:.2f}" if record.get("score") is not None else ""
+    return f"{record['file']} (step {record['step']:,}{score})"
 
 
 METRIC_LABELS = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER", "wer": "WER", "cer": "CER", "exact": "exact match"}

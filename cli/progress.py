@@ -36,7 +36,7 @@ class LineProgress:
         self.every_s = LOG_EVERY_S if every_s is None else every_s
         self.live = enabled and err.is_terminal
         self.progress = Progress(
-            TextColumn("translating"), BarColumn(), MofNCompleteColumn(), _LinesPerSecond(), TimeElapsedColumn(),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _LinesPerSecond(), TimeElapsedColumn(),
             TimeRemainingColumn(), console=err, redirect_stdout=False, redirect_stderr=False, transient=True,
             disable=not self.live,
         )
@@ -53,12 +53,23 @@ class LineProgress:
     def advance(self) -> None:
         self.done += 1
         if self.live:
-            self.progress.update(self.task, completed=self.done)
+            self.progress.update(self.task, completed=self.done, description="translating")
             return
         now = time.perf_counter()
         if self.enabled and now - self.logged >= self.every_s:
             self.logged = now
             say(self._line(now - self.start))
+
+    def step(self, done: int, steps: int) -> None:
+        """Progress inside a long line's search, which can run for minutes: its decoder steps so far."""
+        text = f"a long line: step {done:,} of at most {steps:,}"
+        if self.live:
+            self.progress.update(self.task, description=text)
+            return
+        now = time.perf_counter()
+        if self.enabled and now - self.logged >= self.every_s:
+            self.logged = now
+            say(f"translated {self.done:,} lines; {text}")
 
     def _line(self, seconds: float) -> str:
         rate = self.done / max(seconds, 1e-9)

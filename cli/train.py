@@ -22,6 +22,10 @@ Examples:
   seq2seq train --config data/recipes/multi30k.toml --source ... --output runs/de-en
   seq2seq train --config my.toml --set model.dropout=0.2 --print-config
   seq2seq train --source train.de.gz ... --output runs/de-en --dry-run   # counts, coverage, time per epoch
+  seq2seq train --init-from runs/de-en/best.pt --source new.de --target new.en \
+      --valid-source new-val.de --valid-target new-val.en --output runs/de-en-new --max-time 5   # fine-tune
+  seq2seq train --config my.toml --set train.accumulate=4 --set train.ema_decay=0.999 \
+      --set tokenizer.sampling_alpha=0.1 --output runs/big   # 4 batches an update; averaged weights; sampled pieces
 
 Every setting lives in the config tree (see --print-config); flags and --set override the file.
 The best checkpoint's path is printed on stdout when training ends."""
@@ -35,6 +39,7 @@ def train(
     valid_source: Annotated[str | None, Opt(help="Validation source file.", rich_help_panel="Data")] = None,
     valid_target: Annotated[str | None, Opt(help="Validation target file (the reference of the validation scores).", rich_help_panel="Data")] = None,
     output: Annotated[Path | None, Opt("--output", "-o", help="Run folder for checkpoints, metrics and config.", rich_help_panel="Data")] = None,
+    init_from: Annotated[str | None, Opt(metavar="MODEL", help="Fine-tune: start from this model file's weights and tokenizers (its model settings), with a new optimizer, schedule and step count.", rich_help_panel="Data")] = None,
     config_file: Annotated[Path | None, Opt("--config", "-c", help="Settings file (TOML, or YAML with PyYAML).", rich_help_panel="Settings")] = None,
     overrides: Annotated[list[str] | None, Opt("--set", metavar="SECTION.KEY=VALUE", help="Override any setting; repeatable.", rich_help_panel="Settings")] = None,
     vocab_size: Annotated[int | None, Opt(help="SentencePiece vocabulary size.", rich_help_panel="Tokenizer")] = None,
@@ -72,7 +77,7 @@ def train(
             "model.emb_dim": emb_dim, "model.hidden_dim": hidden_dim, "model.layers": layers,
             "train.batch_tokens": batch_tokens, "train.max_steps": max_steps, "train.max_time": max_time,
             "train.valid_every": valid_every, "train.select_metric": select_metric, "train.seed": seed, "train.precision": precision,
-            "train.device": device,
+            "train.device": device, "train.init_from": init_from,
         }
         chosen: dict[str, Any] = dict(seq2seq.parse_override(text) for text in overrides or [])
         chosen.update({key: value for key, value in flags.items() if value is not None})
@@ -128,7 +133,7 @@ def _dry_run(cfg: Config, output: Path, cache: TokenizerCache | None, *, resume:
     from seq2seq import preview_training
 
     if not quiet:
-        say("dry run: reading the data, training the tokenizer and timing a few updates; nothing is written")
+        say("dry run: reading the data, preparing the tokenizer and timing a few updates; nothing is written")
     preview = preview_training(cfg, output, overwrite=overwrite, resume=resume, tokenizer_cache=cache)
     rows = _preview_rows(preview, cfg, output, cached=bool(cache and cache.used))
     width = max(len(label) for label, _ in rows) + 2
@@ -143,7 +148,8 @@ def _preview_rows(preview: TrainingPreview, cfg: Config, output: Path, *, cached
     def unseen(chars: list[tuple[str, int]]) -> str:
         return ", ".join(f"{char!r} x{count:,}" for char, count in chars) or "none"
 
-    run = f"continues after step {preview.resumed_step:,}" if preview.resumed_step else "a new run"
+    run = (f"continues after step {preview.resumed_step:,}" if preview.resumed_step
+           else f"a new run from {preview.started_from}'s weights" if preview.started_from else "a new run")
     vocabulary = (f"{preview.src_vocab:,} pieces, joint ({kinds.model_type})" if preview.joint
                   else f"{preview.src_vocab:,} source pieces ({kinds.model_type}), {preview.tgt_vocab:,} target pieces "
                        f"({kinds.target_model_type or kinds.model_type})")
@@ -156,7 +162,9 @@ def _preview_rows(preview: TrainingPreview, cfg: Config, output: Path, *, cached
         ("unseen characters", f"source {unseen(preview.src_unseen)}; target {unseen(preview.tgt_unseen)} "
                               "(in validation, not in training)"),
         ("parameters", f"{preview.parameters:,}"),
-        ("batches", f"{preview.batches_per_epoch:,} an epoch (train.batch_tokens = {cfg.train.batch_tokens:,})"),
+        ("batches", f"{preview.batches_per_epoch:,} an epoch (train.batch_tokens = {cfg.train.batch_tokens:,})"
+         if cfg.train.accumulate == 1 else f"{preview.batches_per_epoch:,} updates an epoch, each of {cfg.train.accumulate} "
+                                           f"(train.accumulate) of train.batch_tokens = {cfg.train.batch_tokens:,}"),
         ("time", f"{preview.seconds_per_update:.3f} s an update (mean of {preview.timed_updates} timed here): about "
                  f"{_duration(preview.seconds_per_epoch)} an epoch, validation not included"),
         ("run folder", f"{output}: {run}; nothing was written"),

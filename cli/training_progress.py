@@ -8,6 +8,7 @@ from types import TracebackType
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cli.console import err, say
+from cli.info import started_from
 from seq2seq import COMPLETE, DataReady, Event, Finished, NonFinite, Preparing, StepsDone, TrainConfig, Validated
 
 BAR_UNITS = 1000  # the bar tracks whichever limit (steps or minutes) is nearer
@@ -55,11 +56,18 @@ class TrainingReporter:
             if event.cached_tokenizers:
                 say(f"tokenizer: from the cache ({', '.join(map(str, event.cached_tokenizers))}), trained there before "
                     "on the same lines and settings")
+            per_update = f" ({self.settings.accumulate} batches each)" if self.settings.accumulate > 1 else ""
             say(f"data: {stats.kept:,} training pairs ({stats.empty:,} empty and {stats.too_long:,} too long skipped), "
                 f"{event.valid_pairs:,} validation pairs; vocabulary {event.src_vocab:,} source / {event.tgt_vocab:,} target; "
-                f"{event.parameters:,} parameters; {event.batches_per_epoch:,} batches an epoch")
+                f"{event.parameters:,} parameters; {event.batches_per_epoch:,} updates an epoch{per_update}")
+            if event.started_from:
+                say(f"fine-tuning {started_from(event.started_from)}: its weights and tokenizers, a new optimizer, "
+                    "schedule and step count")
             if event.resumed_step:
                 say(f"resuming after step {event.resumed_step:,} with the run's own tokenizers, optimizer state and RNG")
+            if self.settings.ema_decay:
+                say(f"validation and checkpoints use the moving average of the weights (train.ema_decay = "
+                    f"{self.settings.ema_decay}); last.pt also keeps the trained weights, to resume from")
         elif isinstance(event, StepsDone):
             line = (f"step {event.step:,} epoch {event.epoch} | loss {event.loss:.3f} | grad norm {event.grad_norm:.2f} "
                     f"(max {event.grad_norm_max:.2f}, {event.clipped} clipped) | {event.tokens_per_s:,.0f} tgt tok/s")
@@ -73,7 +81,8 @@ class TrainingReporter:
                 f"skipped ({event.in_a_row} in a row; training stops at {self.settings.max_nonfinite})")
         elif isinstance(event, Validated):
             scores = "".join(f" | {_label(name)} {value:.2f}" for name, value in event.scores.items())
-            say(f"validation at step {event.step:,}: loss {event.loss:.3f} | ppl {event.perplexity:.2f}{scores}"
+            averaged = " (averaged weights)" if self.settings.ema_decay else ""
+            say(f"validation at step {event.step:,}{averaged}: loss {event.loss:.3f} | ppl {event.perplexity:.2f}{scores}"
                 f"{f' (best {_label(event.metric)})' if event.is_best else ''}")
             for source, reference, output in event.examples:
                 say(f"  source {source!r}\n  reference {reference!r}\n  output {output!r}")
@@ -83,6 +92,8 @@ class TrainingReporter:
             self.progress.update(self.task, completed=BAR_UNITS)
             self.stop()
             best = ", ".join(f"{_label(name)} {value:.2f}" for name, value in event.best.items() if name != "ppl")
+            if "exact" in event.best:  # a word per line (G2P, transliteration): the word error rate is the lines missed
+                best += f" (word error rate {100 - event.best['exact']:.2f}%: lines not exactly right)"
             say(f"finished after {event.step:,} steps ({event.reason.replace('_', ' ')}, {event.elapsed / 60:.1f} min); "
                 f"best validation by {_label(event.metric)}: {best}; best checkpoint {event.best_path}; last {event.last_path}")
 

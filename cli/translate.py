@@ -15,7 +15,7 @@ import typer
 from cli.console import say, user_errors
 
 if TYPE_CHECKING:
-    from seq2seq import Translation, Translator
+    from seq2seq import SearchConfig, TargetScore, Translation, Translator
 
 EPILOG = """\
 \b
@@ -26,6 +26,10 @@ Examples:
   seq2seq translate -m runs/de-en/best.pt --nbest 5 < test.de          # id ||| hypothesis ||| score
   seq2seq translate -m runs/de-en/best.pt --alignment < test.de        # hypothesis ||| 0-0 1-2 2-1
   seq2seq translate -m runs/de-en/best.pt -i test.de --attention-plot attention/   # line-000001.png, ...
+  seq2seq translate -m a/best.pt -m b/best.pt --weights 0.6,0.4 < test.de   # an ensemble
+  seq2seq translate -m runs/de-en/best.pt -i test.de --score-target test.en   # log-probability of each line
+  seq2seq translate -m runs/de-en/best.pt --sample --nbest 5 --top-p 0.9 --seed 1 < test.de
+  seq2seq translate -m runs/de-en/best.pt -i test.de --prefix starts.en  # outputs begin with these lines
 
 Scores are the model's log-probability of the output pieces plus EOS (natural log), before any
 length penalty. Alignments pair 0-based source-target SentencePiece piece indices (fast_align /
@@ -40,7 +44,7 @@ MAX_SOURCE_PIECES = 400
 
 
 def translate(
-    model: Annotated[Path, Opt("--model", "-m", help="Checkpoint (.pt) written by `seq2seq train`.", show_default=False)],
+    model: Annotated[list[Path], Opt("--model", "-m", help="Checkpoint (.pt) written by `seq2seq train`. Repeat it to translate with an ensemble: the models' probabilities averaged at each step (they must share tokenizers).", show_default=False)],
     input_path: Annotated[str, Opt("--input", "-i", metavar="FILE", help="Source lines; '-' is stdin.")] = "-",
     output_path: Annotated[str, Opt("--output", "-o", metavar="FILE", help="Where translations go; '-' is stdout. A file appears only when complete.")] = "-",
     beam_size: Annotated[int | None, Opt(help="Hypotheses kept per sentence; 1 = greedy. [default: the model's, 5]", show_default=False, rich_help_panel="Search")] = None,
@@ -54,10 +58,22 @@ def translate(
     quantize: Annotated[str | None, Opt(help="int8: int8 weights for the decoder's linear layers (faster on CPU), or none. [default: none]", show_default=False, rich_help_panel="Search")] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda (auto: the GPU when CUDA is available; int8 runs on the CPU).", rich_help_panel="Search")] = "auto",
     workers: Annotated[int, Opt(min=0, help="Processes translating batches side by side on the CPU, its cores shared among them; 0 = one per core (up to 8) on Linux, else 1. A GPU translates in one.", rich_help_panel="Search")] = 0,
-    nbest: Annotated[int, Opt(min=1, help="Print the N best as `id ||| hypothesis ||| score` (Moses format, 0-based id).", rich_help_panel="Output")] = 1,
+    nbest: Annotated[int, Opt(min=1, help="Print the N best (with --sample: N samples) as `id ||| hypothesis ||| score` (Moses format, 0-based id).", rich_help_panel="Output")] = 1,
     scores: Annotated[bool, Opt("--scores", help="Append a tab and the score to each translation.", rich_help_panel="Output")] = False,
     alignment: Annotated[bool, Opt("--alignment", help="Follow each translation with ` ||| ` and its hard alignment: 0-based `source-target` piece index pairs (Marian style).", rich_help_panel="Output")] = False,
     attention_plot: Annotated[Path | None, Opt("--attention-plot", metavar="DIR", help="Draw the attention of each line's best translation into DIR/line-NNNNNN.png (1-based line numbers; needs matplotlib).", show_default=False, rich_help_panel="Output")] = None,
+    replace_unk: Annotated[bool, Opt("--replace-unk", help="Replace each <unk> of the output (printed as a double question mark) with the original text of the source piece it attended to most: for models whose tokenizer has no byte fallback (older ones, char/word, vocabularies under 1,024). Costs one more decoder pass per output.", rich_help_panel="Output")] = False,
+    weights: Annotated[str | None, Opt(metavar="W1,W2,...", help="An ensemble's weights, one per --model, e.g. 0.6,0.4 (scaled to sum to 1). [default: equal]", show_default=False, rich_help_panel="Search")] = None,
+    no_repeat_ngram: Annotated[int | None, Opt(metavar="N", help="No n-gram of N pieces appears twice in an output; 0 = off. [default: 0]", show_default=False, rich_help_panel="Search")] = None,
+    coverage_penalty: Annotated[float | None, Opt(metavar="BETA", help="GNMT's coverage penalty: the beam's outputs re-ranked by how fully they attended to every source piece (0.2-0.4 is usual); 0 = off. [default: 0.0]", show_default=False, rich_help_panel="Search")] = None,
+    prefix: Annotated[str | None, Opt("--prefix", metavar="FILE", help="One line per input line: each output begins with its line (as target pieces) and the model completes it; an empty line forces nothing. The score covers the whole output.", show_default=False, rich_help_panel="Search")] = None,
+    sample: Annotated[bool, Opt("--sample", help="Draw each output from the model's distribution instead of searching for the best; --nbest N draws N per line.", rich_help_panel="Sampling")] = False,
+    temperature: Annotated[float | None, Opt(help="Divides the log-probabilities before drawing: below 1 closer to greedy, above 1 more varied. [default: 1.0]", show_default=False, rich_help_panel="Sampling")] = None,
+    top_k: Annotated[int | None, Opt(help="Draw only from the K most probable pieces; 0 = all. [default: 0]", show_default=False, rich_help_panel="Sampling")] = None,
+    top_p: Annotated[float | None, Opt(help="Draw only from the most probable pieces that together hold P of the probability (nucleus); 1 = all. [default: 1.0]", show_default=False, rich_help_panel="Sampling")] = None,
+    seed: Annotated[int | None, Opt(help="The same seed draws the same samples, however the lines are batched. [default: 0]", show_default=False, rich_help_panel="Sampling")] = None,
+    score_target: Annotated[str | None, Opt("--score-target", metavar="FILE", help="Print the model's log-probability of each line of FILE as the translation of the input's same line, instead of translating (for reranking and filtering).", show_default=False, rich_help_panel="Scoring")] = None,
+    per_token: Annotated[bool, Opt("--per-token", help="With --score-target: follow each score with ` ||| ` and the log-probability of each target piece, then of EOS.", rich_help_panel="Scoring")] = False,
     max_source_pieces: Annotated[int, Opt(min=0, help="Translate only the first N pieces of a longer line, with a warning (0 = no limit).", rich_help_panel="Search")] = MAX_SOURCE_PIECES,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print errors only.")] = False,
 ) -> None:
@@ -68,25 +84,35 @@ def translate(
         from cli.progress import LineProgress
 
         seq2seq.reuse_freed_memory()
+        _check_scoring_options(score_target, per_token, nbest=nbest, sample=sample, prefix=prefix, alignment=alignment,
+                               attention_plot=attention_plot, replace_unk=replace_unk)
         translator = seq2seq.load(
-            model, device=device, beam_size=beam_size, batch_size=batch_size, length_penalty=length_penalty,
-            length_norm=length_norm or None, max_length_ratio=max_length_ratio, max_length_constant=max_length_constant,
-            min_length=min_length, precision=precision, quantize=quantize)
+            model, weights=_weights(weights), device=device, beam_size=beam_size, batch_size=batch_size,
+            length_penalty=length_penalty, length_norm=length_norm or None, max_length_ratio=max_length_ratio,
+            max_length_constant=max_length_constant, min_length=min_length, precision=precision, quantize=quantize,
+            no_repeat_ngram=no_repeat_ngram, coverage_penalty=coverage_penalty, sample=sample or None,
+            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         interactive = input_path == "-" and sys.stdin.isatty()
         if interactive and not quiet:
             say("reading lines from the terminal; each is translated when entered (Ctrl-D to finish)")
         warn = (lambda message: None) if quiet else (lambda message: say(f"warning: {message}"))
         lines, total = seq2seq.source_lines(input_path, on_invalid=warn)
         name = seq2seq.display_name(input_path)
-        results = translator.stream(
-            lines, nbest=nbest, chunk_lines=1 if interactive else None, attention=alignment or attention_plot is not None,
-            max_source_pieces=max_source_pieces, workers=workers,
-            on_cut=lambda number, pieces: warn(f"{name}:{number}: {pieces:,} pieces long; only the first "
-                                               f"{max_source_pieces:,} are translated (--max-source-pieces)"))
-        draw = _attention_drawer(attention_plot, translator, name)
         # Translations scrolling on the terminal are their own progress; typed input has no "how far".
-        to_screen = output_path == "-" and sys.stdout.isatty()
-        progress = LineProgress(total, enabled=not (quiet or interactive or to_screen))
+        progress = LineProgress(total, enabled=not (quiet or interactive or (output_path == "-" and sys.stdout.isatty())))
+        if score_target is not None:
+            results = ([scored] for scored in translator.score_stream(
+                lines, seq2seq.iter_lines(score_target), chunk_lines=1 if interactive else None,
+                names=(name, seq2seq.display_name(score_target))))
+            render = partial(_render_score, per_token=per_token)
+        else:
+            results = translator.stream(
+                lines, nbest=nbest, chunk_lines=1 if interactive else None, attention=alignment or attention_plot is not None,
+                max_source_pieces=max_source_pieces, workers=workers, replace_unk=replace_unk,
+                prefixes=seq2seq.iter_lines(prefix) if prefix is not None else None, on_step=progress.step,
+                **_long_line_warnings(name, max_source_pieces, warn))
+            render = partial(_render, nbest=nbest, scores=scores, alignment=alignment)
+        draw = _attention_drawer(attention_plot, translator, name)
 
         def after(index: int, hypotheses: list[Translation]) -> None:
             draw(index, hypotheses)
@@ -94,12 +120,51 @@ def translate(
 
         start = time.perf_counter()
         with progress, _opened(output_path) as out:
-            count, pieces = _write(results, out, after=after,
-                                   render=partial(_render, nbest=nbest, scores=scores, alignment=alignment))
-        seconds = time.perf_counter() - start
+            count, pieces = _write(results, out, after=after, render=render)
         if not quiet and not interactive:
-            say(f"translated {count:,} lines ({pieces:,} target pieces) in {seconds:.1f} s: "
-                f"{count / max(seconds, 1e-9):,.1f} lines/s, beam {translator.search.beam_size}")
+            _summary(count, pieces, time.perf_counter() - start, translator.search, scoring=score_target is not None)
+
+
+def _long_line_warnings(name: str, max_source_pieces: int, warn: Callable[[str], None]) -> dict[str, Callable]:
+    """What the user is told of a line cut to --max-source-pieces, and of a line long enough to search for a while."""
+    return dict(
+        on_cut=lambda number, pieces: warn(f"{name}:{number}: {pieces:,} pieces long; only the first "
+                                           f"{max_source_pieces:,} are translated (--max-source-pieces)"),
+        on_long_line=lambda line: warn(f"{name}:{line.number}: {line.pieces:,} pieces: its search may take up to "
+                                       f"{line.steps:,} steps and about {line.memory / 2**30:.1f} GiB of memory"))
+
+
+def _summary(count: int, pieces: int, seconds: float, search: SearchConfig, *, scoring: bool) -> None:
+    """The closing line: how many lines, how fast, and how the outputs were made."""
+    how = "" if scoring else f", sampling at temperature {search.temperature}" if search.sample else f", beam {search.beam_size}"
+    say(f"{'scored' if scoring else 'translated'} {count:,} lines ({pieces:,} target pieces) in {seconds:.1f} s: "
+        f"{count / max(seconds, 1e-9):,.1f} lines/s{how}")
+
+
+def _weights(text: str | None) -> list[float] | None:
+    """--weights 0.6,0.4 as numbers; the library checks their count and sign."""
+    from seq2seq import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return [float(weight) for weight in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weights must be numbers separated by commas, e.g. 0.6,0.4; got {text!r}") from None
+
+
+def _check_scoring_options(score_target: str | None, per_token: bool, *, nbest: int, **output: object) -> None:
+    """--score-target prints scores of given outputs: the options that shape or draw new outputs do not apply."""
+    from seq2seq import ConfigError
+
+    if per_token and score_target is None:
+        raise ConfigError("--per-token goes with --score-target FILE")
+    if score_target is None:
+        return
+    clashing = [name for name, value in output.items() if value is not None and value is not False]
+    if nbest > 1 or clashing:
+        flag = "--" + ("nbest" if nbest > 1 else clashing[0]).replace("_", "-")
+        raise ConfigError(f"{flag} shapes new translations; --score-target scores the given ones: use one or the other")
 
 
 @contextmanager
@@ -128,6 +193,14 @@ def _render(index: int, hypotheses: list[Translation], *, nbest: int, scores: bo
         return "".join(f"{index} ||| {text(hyp)} ||| {hyp.score:.4f}\n" for hyp in hypotheses)
     best = hypotheses[0]
     return f"{text(best)}\t{best.score:.4f}\n" if scores else f"{text(best)}\n"
+
+
+def _render_score(index: int, scored: list[TargetScore], *, per_token: bool) -> str:
+    """A target's score; with `per_token`, ` ||| ` and each piece's log-probability, EOS's last."""
+    (target,) = scored
+    if per_token:
+        return f"{target.score:.4f} ||| " + " ".join(f"{value:.4f}" for value in target.token_scores) + "\n"
+    return f"{target.score:.4f}\n"
 
 
 def _alignment(hyp: Translation) -> str:

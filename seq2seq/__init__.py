@@ -31,6 +31,8 @@ _LAZY = {
     "Translator": ("seq2seq.translator", "Translator"),
     "Translation": ("seq2seq.translation", "Translation"),
     "SourceAttention": ("seq2seq.translation", "SourceAttention"),
+    "TargetScore": ("seq2seq.scoring", "TargetScore"),
+    "Ensemble": ("seq2seq.ensemble", "Ensemble"),
     # settings
     "Config": ("seq2seq.config", "Config"),
     "DataConfig": ("seq2seq.config", "DataConfig"),
@@ -118,11 +120,13 @@ if TYPE_CHECKING:
     from seq2seq.config import to_toml as config_toml
     from seq2seq.defaults import settings_for_run, tokenizer_cache
     from seq2seq.events import COMPLETE, DataReady, Event, Finished, NonFinite, Preparing, StepsDone, Validated
+    from seq2seq.ensemble import Ensemble
     from seq2seq.inspection import TrainingPreview, preview_training
     from seq2seq.errorrates import edit_distance
     from seq2seq.metrics import (METRICS, Cell, Comparison, check_parallel, check_references, compare_systems,
                                  corpus_scores, higher_is_better, sentence_scores)
     from seq2seq.plotting import plot_attention, plot_curves, prepare_picture_folder, read_metrics
+    from seq2seq.scoring import TargetScore
     from seq2seq.textio import atomic_write, display_name, iter_lines, read_lines, source_lines
     from seq2seq.tokenizer import TokenizerCache
     from seq2seq.training import train

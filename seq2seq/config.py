@@ -14,6 +14,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +37,10 @@ class TokenizerConfig:
     target_model_type: str | None = None  # the target side's type when not joint (unset = model_type)
     joint: bool = True                 # one model for both sides; false: one per side
     character_coverage: float = 1.0    # share of characters the model must cover
+    byte_fallback: bool = True         # unseen characters become UTF-8 byte pieces, not <unk>: unigram and bpe
+                                       # from vocab_size 1024 on (256 of its pieces), never char or word
+    sampling_alpha: float = 0.0        # subword regularisation while training (unigram, bpe): a new segmentation of each
+                                       # pair every epoch, drawn at random (seq2seq.subwords); 0 = off; never at validation
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1                      # seeds weights, batch order and dropout
+    init_from: str | None = None       # fine-tune: start from this model file's weights and tokenizers (its model
+                                       # and tokenizer settings), with a new optimizer, schedule and step count
     optimizer: str = "adam"            # adam | adamw
     lr: float = 0.001                  # peak learning rate
     weight_decay: float = 0.0          # decoupled weight decay (adamw only)
@@ -73,6 +80,9 @@ class TrainConfig:
     valid_metrics: str = "bleu"        # also computed at each validation, comma-separated (the selected one always is)
     label_smoothing: float = 0.1       # mass spread over the vocabulary in the training loss
     batch_tokens: int = 4000           # token budget per batch (padded source + target positions)
+    accumulate: int = 1                # batches of batch_tokens whose gradients add up to one update (a step)
+    ema_decay: float = 0.0             # validate and save a moving average of the weights, updated with this decay
+                                       # after every update (0 = off; e.g. 0.999)
     max_steps: int = 20000             # stop after this many updates (0 = no limit)
     max_time: float = 0.0              # stop after this many minutes of wall clock (0 = no limit)
     valid_every: int = 500             # validate (loss, perplexity, greedy search's scores) every N updates
@@ -95,6 +105,13 @@ class SearchConfig:
     min_length: int = 0                # no EOS before this many target pieces
     precision: str = "fp32"            # fp32 | bf16 (autocast: faster on CPUs with bf16 units)
     quantize: str = "none"             # none | int8 (int8 weights for the decoder's linear layers; fp32 between products)
+    no_repeat_ngram: int = 0           # no n-gram of this many pieces twice in an output; 0 = off
+    coverage_penalty: float = 0.0      # GNMT beta: the beam re-ranked by how fully each output attended to the source
+    sample: bool = False               # draw outputs from the model's distribution instead of searching for the best
+    temperature: float = 1.0           # sampling: divides the log-probabilities (below 1: closer to greedy)
+    top_k: int = 0                     # sampling: only from the k most probable pieces; 0 = all
+    top_p: float = 1.0                 # sampling: only from the most probable pieces that together hold p (nucleus)
+    seed: int = 0                      # sampling: the same seed gives the same samples, whatever the batch
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,9 @@ class Config:
              "search.quantize = int8 computes in fp32 between its int8 products: leave search.precision at fp32"),
             (self.train.backend in ("auto", "gloo", "nccl"), "train.backend must be auto, gloo or nccl"),
             (self.train.device in DEVICES, "train.device must be auto, cpu or cuda"),
+            (not self.tokenizer.sampling_alpha or {self.tokenizer.model_type, self.tokenizer.target_model_type or
+                                                   self.tokenizer.model_type} <= set(SAMPLED_TOKENIZER_TYPES),
+             "tokenizer.sampling_alpha needs unigram or bpe tokenizers: char and word ones cut a text one way only"),
         ]
         for ok, message in checks:
             if not ok:
@@ -172,6 +192,7 @@ RANGES: dict[str, Range] = {  # every numeric setting's range
     "data.max_length": AT_LEAST_0,
     "tokenizer.vocab_size": Range(8),
     "tokenizer.character_coverage": UP_TO_1,
+    "tokenizer.sampling_alpha": Range(0.0, 1.0),
     "model.emb_dim": AT_LEAST_1,
     "model.hidden_dim": AT_LEAST_1,
     "model.layers": AT_LEAST_1,
@@ -190,6 +211,8 @@ RANGES: dict[str, Range] = {  # every numeric setting's range
     "train.keep_best": AT_LEAST_1,
     "train.label_smoothing": BELOW_1,
     "train.batch_tokens": AT_LEAST_1,
+    "train.accumulate": AT_LEAST_1,
+    "train.ema_decay": BELOW_1,
     "train.max_steps": AT_LEAST_0,
     "train.max_time": AT_LEAST_0,
     "train.valid_every": AT_LEAST_1,
@@ -202,10 +225,17 @@ RANGES: dict[str, Range] = {  # every numeric setting's range
     "search.max_length_ratio": AT_LEAST_0,
     "search.max_length_constant": AT_LEAST_0,
     "search.min_length": AT_LEAST_0,
+    "search.no_repeat_ngram": AT_LEAST_0,
+    "search.coverage_penalty": AT_LEAST_0,
+    "search.temperature": ABOVE_0,
+    "search.top_k": AT_LEAST_0,
+    "search.top_p": UP_TO_1,
+    "search.seed": Range(0, 2**63 - 1),
 }
 
 
 TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")
+SAMPLED_TOKENIZER_TYPES = ("unigram", "bpe")  # those with more than one way to cut a text (tokenizer.sampling_alpha)
 SELECT_METRICS = ("bleu", "chrf", "ter", "wer", "cer", "exact", "loss")  # the scores a run can select its best model by
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -216,6 +246,18 @@ def validation_metrics(train: TrainConfig) -> list[str]:
     """The metrics each validation computes: train.valid_metrics and the selected one (the loss is always computed)."""
     named = [name.strip().lower() for name in train.valid_metrics.split(",") if name.strip()]
     return [name for name in dict.fromkeys([*named, train.select_metric]) if name != "loss"]
+
+
+def changed_setting(before: Config, after: Config, *, fixed: Callable[[str], bool]) -> tuple[str, Any, Any] | None:
+    """The first setting named `section.key` for which `fixed(name)` holds that differs between the two configs, as
+    (name, value before, value after); None if there is none. What a resumed or fine-tuned run may not change."""
+    now = to_dict(after)
+    for section, values in to_dict(before).items():
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if value != now[section][key] and fixed(name):
+                return name, value, now[section][key]
+    return None
 
 
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:

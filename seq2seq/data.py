@@ -98,9 +98,11 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
 
 
 def encode_pairs(
-    src_lines: Sequence[str], tgt_lines: Sequence[str], tokenizers: Tokenizers, *, max_length: int
+    src_lines: Sequence[str], tgt_lines: Sequence[str], tokenizers: Tokenizers, *, max_length: int,
+    kept: list[int] | None = None,
 ) -> tuple[Examples, FilterStats]:
-    """Encode a corpus, skipping empty and over-long pairs (counted, so the user can be told).
+    """Encode a corpus, skipping empty and over-long pairs (counted, so the user can be told). `kept`, when given,
+    receives the line number of each pair kept, in order (the text that subword sampling cuts anew).
 
     SentencePiece gets ENCODED_AT_ONCE lines at a time, so that only that many lines' lists of ints
     exist at once: the rest is packed (see `Examples`).
@@ -109,7 +111,7 @@ def encode_pairs(
     for start in range(0, len(src_lines), ENCODED_AT_ONCE):
         src_ids = tokenizers.src.encode(src_lines[start : start + ENCODED_AT_ONCE])
         tgt_ids = tokenizers.tgt.encode(tgt_lines[start : start + ENCODED_AT_ONCE])
-        for src, tgt in zip(src_ids, tgt_ids, strict=True):
+        for line, (src, tgt) in enumerate(zip(src_ids, tgt_ids, strict=True), start):
             if not src or not tgt:
                 empty += 1
             elif max_length and max(len(src), len(tgt)) > max_length:
@@ -117,13 +119,15 @@ def encode_pairs(
             else:
                 src.append(EOS_ID)
                 examples.append(src, tgt)
+                if kept is not None:
+                    kept.append(line)
     return examples, FilterStats(kept=len(examples), empty=empty, too_long=too_long)
 
 
-def pad(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to a (batch, max_len) tensor; returns it with the true lengths."""
+def pad(sequences: Sequence[Sequence[int]], value: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad with `value` to a (batch, max_len) tensor; returns it with the true lengths."""
     lens = torch.tensor([len(seq) for seq in sequences], dtype=torch.long)
-    padded = torch.full((len(sequences), int(lens.max())), PAD_ID, dtype=torch.long)
+    padded = torch.full((len(sequences), int(lens.max())), value, dtype=torch.long)
     for row, seq in enumerate(sequences):
         padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
     return padded, lens

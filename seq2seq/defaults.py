@@ -35,7 +35,8 @@ def settings_for_run(
     """The settings a run trains with, and its folder (None: the caller's own data and no folder named).
 
     Layers, later ones winning: the defaults; a resumed run's own config.toml (so that a resume alone
-    repeats them); `config_file`; `overrides` (dotted keys, e.g. {"train.max_steps": 100}). Given no data
+    repeats them) or, for a new run fine-tuning a model file (train.init_from), that file's model and
+    tokenizer settings; `config_file`; `overrides` (dotted keys, e.g. {"train.max_steps": 100}). Given no data
     and no config file, the run trains on the embedded CMUdict corpus into runs/cmudict.
     """
     chosen = dict(overrides or {})
@@ -49,9 +50,19 @@ def settings_for_run(
         config_file = DEFAULT_RECIPE
         chosen = {key: str(PROJECT_DATA / path) for key, path in DEFAULT_CORPUS.items()} | chosen
     cfg = configuration.resolve(config_file, chosen, base=base)
+    if cfg.train.init_from and base is None:
+        cfg = configuration.resolve(config_file, chosen, base=_model_settings(cfg.train.init_from))
     if output is None and (use_default or base):
         output = DEFAULT_OUTPUT
     return cfg, Path(output) if output is not None else None
+
+
+def _model_settings(path: str) -> Config:
+    """The defaults, with a model file's model and tokenizer settings: the first layer of a run fine-tuning it."""
+    from seq2seq import checkpoint  # torch, only for fine-tuning
+
+    saved = checkpoint.load(path).config
+    return Config(tokenizer=saved.tokenizer, model=saved.model)
 
 
 def tokenizer_cache(

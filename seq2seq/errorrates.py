@@ -84,9 +84,14 @@ class _ByLine(Metric):
     def _preprocess_segment(self, sent: str) -> str:
         return normalized(sent)
 
+    def _cache_references(self, references: Sequence[Sequence[str]]) -> list[Any]:
+        """An empty reference stands for none (lines with fewer references than others), as sacrebleu's None
+        does: a count that varies from line to line shows as nrefs:var in the signature."""
+        return super()._cache_references([[ref or None for ref in stream] for stream in references])
+
     def _extract_reference_info(self, refs: Sequence[str]) -> dict[str, Any]:
-        """An empty reference stands for none (lines with fewer references than others), unless all are empty."""
-        return {"refs": [ref for ref in refs if ref] or [""]}
+        """A line's references; a line whose references are all empty is compared with the empty line."""
+        return {"refs": list(refs) or [""]}
 
     def _compute_score_from_stats(self, stats: Sequence[float]) -> Score:
         counted, total = stats

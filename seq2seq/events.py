@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from seq2seq.data import FilterStats
 
@@ -31,10 +32,11 @@ class DataReady:
     src_vocab: int
     tgt_vocab: int
     parameters: int
-    batches_per_epoch: int
+    batches_per_epoch: int       # one for each update (of train.accumulate micro-batches)
     resumed_step: int    # the step a resumed run continues after; 0 for a new run
     cached_tokenizers: tuple[Path, ...] = ()  # tokenizer files taken from the cache instead of trained
     replaced_unfinished: tuple[str, ...] = ()  # files left by an earlier start that saved no checkpoint, now replaced
+    started_from: dict[str, Any] | None = None  # fine-tuning: the model file's path ("file"), "step", "metric" and "score"
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,14 @@ import torch
 
 from seq2seq import devices
 from seq2seq.config import Config, TrainConfig
-from seq2seq.data import Examples, FilterStats, collate, plan_batches
+from seq2seq.data import Examples, FilterStats
 from seq2seq.distributed import World
 from seq2seq.model import Seq2Seq
 from seq2seq.optim import build_optimizer
 from seq2seq.runfolder import RunFolder
 from seq2seq.startup import start_run
 from seq2seq.tokenizer import UNK_ID, Tokenizer, TokenizerCache
-from seq2seq.training import update
+from seq2seq.training import epoch_plan, split, update
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,11 @@ class TrainingPreview:
     src_unseen: list[tuple[str, int]]        # validation source characters absent from the training source, most frequent first
     tgt_unseen: list[tuple[str, int]]
     parameters: int
-    batches_per_epoch: int
+    batches_per_epoch: int                   # one for each update (of train.accumulate micro-batches)
     timed_updates: int                       # real updates timed (after one untimed warm-up)
     seconds_per_update: float                # their mean, on batches spread over the epoch's range of sizes
     resumed_step: int                        # the step a resumed run would continue after; 0 for a new run
+    started_from: str | None                 # the model file a fine-tuned run starts from
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -67,9 +68,8 @@ def preview_training(
                   count_unseen=True)
     assert begun.unseen is not None, "asked for"
     tokenizers, examples = begun.tokenizers, begun.examples
-    # How many batches an epoch has depends on the lengths alone, not on the seeded shuffle.
-    plan = plan_batches(examples, batch_tokens=cfg.train.batch_tokens, generator=torch.Generator().manual_seed(cfg.train.seed))
-    seconds = _time_updates(begun.model, examples, plan, cfg.train, timed_updates, world.device)
+    plan = epoch_plan(examples, cfg.train, epoch=1, ranks=1)  # how many batches depends on the lengths alone
+    seconds = _time_updates(begun.model, examples, plan, cfg.train, timed_updates, world)
     return TrainingPreview(
         train_lines=begun.train_lines, valid_lines=len(begun.valid_src), train=begun.stats,
         valid_empty=begun.valid_stats.empty, src_vocab=tokenizers.src.vocab_size, tgt_vocab=tokenizers.tgt.vocab_size,
@@ -78,6 +78,7 @@ def preview_training(
         parameters=sum(param.numel() for param in begun.model.parameters()), batches_per_epoch=len(plan),
         timed_updates=min(timed_updates, len(plan)), seconds_per_update=seconds,
         resumed_step=begun.resumed.state.step if begun.resumed else 0,
+        started_from=begun.started_from["file"] if begun.started_from and not begun.resumed else None,
     )
 
 
@@ -89,7 +90,7 @@ def unknown_share(tokenizer: Tokenizer, lines: Sequence[str]) -> float:
 
 
 def _time_updates(
-    model: Seq2Seq, examples: Examples, plan: list[list[int]], settings: TrainConfig, count: int, device: torch.device,
+    model: Seq2Seq, examples: Examples, plan: list[list[int]], settings: TrainConfig, count: int, world: World,
 ) -> float:
     """Mean seconds of `count` real updates on batches spread from the epoch's smallest to its largest.
 
@@ -108,8 +109,8 @@ def _time_updates(
     chosen = [by_cost[round(k * (len(by_cost) - 1) / max(count - 1, 1))] for k in range(count)]
     model.train()
     optimizer = build_optimizer(model.parameters(), settings)
-    update(model, optimizer, collate([examples[i] for i in by_cost[len(by_cost) // 2]]).to(device), settings)
+    update(model, optimizer, split([examples[i] for i in by_cost[len(by_cost) // 2]], settings, world)[0], settings)
     start = time.perf_counter()
     for batch in chosen:
-        update(model, optimizer, collate([examples[i] for i in batch]).to(device), settings)
+        update(model, optimizer, split([examples[i] for i in batch], settings, world)[0], settings)
     return (time.perf_counter() - start) / max(count, 1)

@@ -7,7 +7,8 @@ consistent whenever the run is killed (`RunFolder.save`). Besides
 the model, last.pt carries what the loop needs to go on as if it had never stopped: the optimizer's
 moments, the learning-rate schedule's state, the loop's position (step, epoch, batches done in the
 epoch), the best validation score so far, the metrics history (which early stopping counts from), the time trained
-and torch's RNG state (the next dropout masks). The batch order
+and torch's RNG state (the next dropout masks); with train.ema_decay, its model is the weights' average and the
+trained weights come with the training state. The batch order
 needs nothing saved: each epoch's plan is a function of (seed, epoch).
 
 A run trained by several processes (seq2seq.distributed) also records how many there were and each one's
@@ -28,7 +29,7 @@ from typing import IO, Any, NamedTuple
 import torch
 
 from seq2seq import checkpoint
-from seq2seq.config import Config, TrainConfig, to_dict, to_toml
+from seq2seq.config import Config, TrainConfig, changed_setting, to_toml
 from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.metrics import higher_is_better
 from seq2seq.model import Seq2Seq
@@ -85,7 +86,7 @@ class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.unfinished: list[str] = []  # files of an earlier start that saved no checkpoint, which this run replaces
-        self._lock: IO[str] | None = None
+        self._lock: IO[bytes] | None = None
         self._created = False  # whether `lock` made the folder
 
     def lock(self) -> None:
@@ -99,7 +100,7 @@ class RunFolder:
         while True:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
-                handle = open(self.path / LOCK, "a+", encoding="ascii")
+                handle = open(self.path / LOCK, "a+b", buffering=0)  # unbuffered: a failed write keeps nothing to retry
             except OSError as error:
                 raise DataError(f"{self.path}: cannot create the run folder ({error.strerror})") from None
             if fcntl is None:
@@ -109,18 +110,21 @@ class RunFolder:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
-                holder = handle.read().strip() or "unknown"
+                holder = handle.read().decode("ascii", "replace").strip() or "unknown"
                 handle.close()
                 raise ConfigError(f"{self.path} is in use by another training run (pid {holder}); wait for it to end "
                                   "or train into another folder") from None
             if _same_file(handle, self.path / LOCK):
                 break
             handle.close()  # the run before removed the file between our open and our lock: take the new one
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
         self._lock = handle
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n".encode("ascii"))
+        except OSError as error:  # a full disk: let the folder go as it was, and say which file could not be written
+            self.unlock()
+            raise DataError(f"{self.path / LOCK}: could not be written ({error.strerror}); nothing was written") from None
 
     def unlock(self) -> None:
         """Let the folder go: the lock file is removed (while still held), and the folder too if this run made it
@@ -175,17 +179,19 @@ class RunFolder:
 
     def save(
         self, cfg: Config, tokenizers: Tokenizers, model: Seq2Seq, *, step: int, history: list[dict[str, Any]],
-        training: dict[str, Any], hypotheses: list[str] | None = None,
+        training: dict[str, Any], hypotheses: list[str] | None = None, facts: dict[str, Any] | None = None,
     ) -> None:
         """Save the model at `step`. After a validation (given its outputs, `hypotheses`; its scores are the last
         row of `history`): its outputs, then best.pt (and its outputs) on a new best and step-N.pt among the
-        train.keep_best best; then, always, last.pt; then metrics.jsonl.
+        train.keep_best best; then, always, last.pt; then metrics.jsonl. Every checkpoint's info holds `facts`
+        (where a fine-tuned run started) and the validation's scores.
 
         last.pt is what a resumed run starts from, so it is written once the other checkpoints agree with the
         best score and the history it records; metrics.jsonl is rebuilt from it on resume.
         """
         row = history[-1] if hypotheses is not None else None
-        info = {key: value for key, value in row.items() if key.startswith("valid_") or key.endswith("_signature")} if row else {}
+        scores = {key: value for key, value in row.items() if key.startswith("valid_") or key.endswith("_signature")} if row else {}
+        info = {**(facts or {}), **scores}
 
         def write(path: Path, **extra: Any) -> None:
             checkpoint.save(path, config=cfg, tokenizers=tokenizers, model=model, step=step, info=info, **extra)
@@ -222,7 +228,7 @@ class RunFolder:
         return [self.path / name for name in RUN_FILES if (self.path / name).exists()] + sorted(self.path.glob(KEPT_BEST))
 
 
-def _same_file(handle: IO[str], path: Path) -> bool:
+def _same_file(handle: IO[bytes], path: Path) -> bool:
     try:
         return os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
     except FileNotFoundError:
@@ -256,7 +262,7 @@ def _resumable(out_dir: Path, cfg: Config, world_size: int) -> Resumed:
             f"cannot resume {out_dir}: it was trained by {_processes(trained_by)} and this run has {_processes(world_size)}; "
             f"its batches were planned for {trained_by} (train.batch_tokens each), so resume it {how}"
         )
-    changed = _changed_setting(saved.config, cfg)
+    changed = changed_setting(saved.config, cfg, fixed=lambda name: not name.startswith(MAY_CHANGE_ON_RESUME))
     if changed:
         name, before, now = changed
         raise ConfigError(
@@ -275,28 +281,22 @@ def _processes(count: int) -> str:
     return "1 process" if count == 1 else f"{count} processes"
 
 
-def _changed_setting(saved: Config, cfg: Config) -> tuple[str, Any, Any] | None:
-    """The first setting (section.key, saved value, new value) a resumed run may not change, if any."""
-    now = to_dict(cfg)
-    for section, values in to_dict(saved).items():
-        for key, before in values.items():
-            name = f"{section}.{key}"
-            if before != now[section][key] and not name.startswith(MAY_CHANGE_ON_RESUME):
-                return name, before, now[section][key]
-    return None
-
-
 def training_state(
-    state: LoopState, optimizer: torch.optim.Optimizer, rate: LearningRate, *, rng_by_rank: list[dict] | None = None
+    state: LoopState, optimizer: torch.optim.Optimizer, rate: LearningRate, *, rng_by_rank: list[dict] | None = None,
+    average: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What last.pt needs for an exact resume; the RNG state is taken now, at the step boundary.
 
     With several processes, `rng_by_rank` holds every rank's `rng_state()` (gathered on rank 0, which saves).
+    With train.ema_decay, the checkpoint's model is the average and `average` holds the trained weights
+    (`seq2seq.ema`).
     """
     training = {"loop": dataclasses.asdict(state), "optimizer": optimizer.state_dict(), "schedule": rate.state_dict(),
                 "rng": torch.get_rng_state(), "world_size": len(rng_by_rank) if rng_by_rank else 1}
     if rng_by_rank:
         training["rng_by_rank"] = rng_by_rank
+    if average:
+        training["ema"] = average
     return training
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import stat
 import sys
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from itertools import zip_longest
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -114,6 +116,19 @@ def source_lines(path: str | Path, *, on_invalid: Callable[[str], None]) -> tupl
     return lines, len(lines)
 
 
+
+def zip_lines(first: Iterable[str], first_name: str, second: Iterable[str], second_name: str) -> Iterator[tuple[str, str]]:
+    """Line pairs of two inputs that must be as long as each other (sources and prefixes, sources and targets):
+    a DataError naming both once one runs out before the other. Streamed, so the count is known at the end."""
+    count = 0
+    ends = object()
+    for one, other in zip_longest(first, second, fillvalue=ends):
+        if one is ends or other is ends:
+            shorter, longer = (first_name, second_name) if one is ends else (second_name, first_name)
+            raise DataError(f"{shorter} has {count:,} lines but {longer} has more: they must pair line by line")
+        count += 1
+        yield one, other
+
 @contextmanager
 def _reading(path: str | Path) -> Iterator[tuple[str, BinaryIO]]:
     """The file's name for messages and its bytes, gunzipped; corrupt gzip data is a DataError, and the file is
@@ -157,7 +172,8 @@ def atomic_write(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
     On any failure (a full disk included) the temporary file is removed and the previous content
     of `path`, if any, is left untouched; a failed write is a DataError that says so. The file gets the
     mode a plain `open` would give it: a replaced file keeps its own, a new one follows the umask
-    (the temporary file starts private, 0600).
+    (the temporary file starts private, 0600). A writer killed outright (SIGKILL, the OOM killer) cannot
+    remove its temporary file; the next write of `path` does (`_remove_abandoned`).
     """
     path = Path(path)
     if path.is_symlink():  # write the file the link names, and leave the link a link
@@ -170,8 +186,9 @@ def atomic_write(path: str | Path, *, binary: bool = False) -> Iterator[IO]:
         with _written_through(path, binary=binary) as file:
             yield file
         return
+    _remove_abandoned(path)
     try:
-        handle, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        handle, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except FileNotFoundError:
         raise DataError(f"{path}: cannot write: the folder {folder} does not exist") from None
     except OSError as error:
@@ -204,6 +221,35 @@ def _written_through(path: Path, *, binary: bool) -> Iterator[IO]:
             file.flush()
     except OSError as error:
         raise DataError(f"{path}: could not be written ({error.strerror or error})") from None
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Remove the temporary files of `path` whose writer has ended: each is named .NAME.PID.XXXXXXXX.tmp, and one
+    whose PID runs (another process writing `path` right now) is left alone. POSIX only: elsewhere `os.kill(pid, 0)`
+    does not just ask."""
+    if os.name != "posix":
+        return
+    own = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")  # mkstemp's 8 random characters
+    try:
+        temporaries = [(entry.name, int(found[1])) for entry in os.scandir(path.parent) if (found := own.fullmatch(entry.name))]
+    except OSError:
+        return  # a folder that cannot be listed: mkstemp will say what is wrong with it
+    for name, writer in temporaries:
+        if not _running(writer):
+            try:
+                os.unlink(path.parent / name)
+            except OSError:
+                pass  # gone already, or a folder that refuses changes (mkstemp will say so)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _umask() -> int:

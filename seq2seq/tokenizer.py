@@ -7,7 +7,7 @@ import io
 import json
 import re
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +21,15 @@ from seq2seq.textio import atomic_write
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPM_SEED = 1
 HASHED_LINES = 100_000  # lines joined per update of the cache key's hash: bounded memory on any corpus
+BYTE_FALLBACK_TYPES = ("unigram", "bpe")
+BYTE_FALLBACK_MIN_VOCAB = 1024  # its 256 byte pieces then take at most a quarter of the vocabulary
+
+
+class Span(NamedTuple):
+    """One piece of an encoded text and the text it came from, as written (not as SentencePiece normalized it)."""
+
+    piece: str  # the piece, or the characters themselves for <unk>
+    text: str   # its original characters, with the spaces before it
 
 
 class Tokenizer:
@@ -50,6 +59,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
+    @property
+    def processor(self) -> spm.SentencePieceProcessor:
+        """The SentencePiece model itself, for what this wrapper does not do (sampling pieces: `seq2seq.subwords`)."""
+        return self._sp
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int)
 
@@ -58,6 +72,52 @@ class Tokenizer:
 
     def pieces(self, ids: Sequence[int]) -> list[str]:
         return [self._sp.id_to_piece(i) for i in ids]
+
+    def spans(self, text: str) -> list[Span]:
+        """The pieces `encode` cuts `text` into, each with its original characters: what a <unk> piece stood for."""
+        return [Span(piece, surface) for piece, surface in _pieces(self._sp.encode(text, out_type="serialized_proto"))]
+
+    def surfaces(self, ids: Sequence[int]) -> list[str]:
+        """The text each id decodes to; joined, they are the decoded text (a <unk> gives " \u2047 ")."""
+        return [surface for _, surface in _pieces(self._sp.decode(list(ids), out_type="serialized_proto"))]
+
+
+def _pieces(serialized: bytes) -> list[tuple[str, str]]:
+    """(piece, surface) of each piece of a serialized SentencePieceText. Read from the protobuf wire format here,
+    which every sentencepiece 0.2 writes, rather than through the protobuf package, which is not a dependency."""
+    pieces = []
+    for number, piece in _fields(serialized):
+        if number == 2:  # SentencePieceText.pieces: piece 1, id 2, surface 3, begin 4, end 5
+            strings = {field: value for field, value in _fields(piece) if field in (1, 3)}
+            pieces.append((strings.get(1, b"").decode(), strings.get(3, b"").decode()))
+    return pieces
+
+
+def _fields(message: bytes) -> Iterator[tuple[int, bytes]]:
+    """(field number, value) of each field of a protobuf message, every value as its bytes (a varint's own)."""
+    at = 0
+    while at < len(message):
+        key, at = _varint(message, at)
+        wire_type, start = key & 7, at
+        if wire_type == 0:
+            _, at = _varint(message, at)
+        elif wire_type == 2:
+            size, start = _varint(message, at)
+            at = start + size
+        else:  # fixed width: 1 is 8 bytes, 5 is 4 (SentencePieceText's score)
+            at += 8 if wire_type == 1 else 4
+        yield key >> 3, message[start:at]
+
+
+def _varint(message: bytes, at: int) -> tuple[int, int]:
+    """The base-128 integer starting at `at`, and where the next field starts."""
+    value = shift = 0
+    while True:
+        byte = message[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if byte < 0x80:
+            return value, at
 
 
 class Tokenizers(NamedTuple):
@@ -101,19 +161,34 @@ def _sentencepiece_model(lines: Sequence[str], options: dict[str, object]) -> by
     try:
         spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, **options)
     except RuntimeError as error:
-        raise DataError(_trainer_failure(str(error))) from None
+        raise DataError(_trainer_failure(str(error), byte_fallback="byte_fallback" in options)) from None
     return model.getvalue()
 
 
-def _trainer_failure(message: str) -> str:
+def _trainer_failure(message: str, *, byte_fallback: bool) -> str:
     """SentencePiece's error in the user's terms: without its "INTERNAL: file.cc(line) [check]" prefix, and naming
     this package's settings where it names its own."""
     too_small = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", message)
     if too_small:
         size, needed = too_small.groups()
-        return (f"tokenizer.vocab_size {size} is smaller than the {needed} pieces this text needs at least (its characters "
-                "and the special pieces): raise --vocab-size, or lower tokenizer.character_coverage")
+        what, remedy = "its characters and the special pieces", "raise --vocab-size, or lower tokenizer.character_coverage"
+        if byte_fallback:
+            what = "its characters, the special pieces and the 256 byte pieces of tokenizer.byte_fallback"
+            remedy = "raise --vocab-size, lower tokenizer.character_coverage, or set tokenizer.byte_fallback=false"
+        return f"tokenizer.vocab_size {size} is smaller than the {needed} pieces this text needs at least ({what}): {remedy}"
     return "SentencePiece could not be trained: " + re.sub(r"^INTERNAL: \S+\(\d+\) \[.*?\] ", "", message.strip())
+
+
+def uses_byte_fallback(cfg: TokenizerConfig) -> bool:
+    """Whether a tokenizer trained with `cfg` spells characters it never saw as UTF-8 byte pieces instead of <unk>.
+
+    tokenizer.byte_fallback asks for it; unigram and bpe models get it from BYTE_FALLBACK_MIN_VOCAB pieces on, since
+    below that the 256 byte pieces would crowd out the text's own. Char and word models never do: a char model's
+    pieces are the text's characters, all of them in the vocabulary at character_coverage 1, so the byte pieces would
+    be 256 more output classes that training never shows the model; a word model's byte pieces do not even decode
+    back to the text (SentencePiece spells the word's leading space as bytes too).
+    """
+    return cfg.byte_fallback and cfg.model_type in BYTE_FALLBACK_TYPES and cfg.vocab_size >= BYTE_FALLBACK_MIN_VOCAB
 
 
 def _trainer_options(cfg: TokenizerConfig) -> dict[str, object]:
@@ -129,6 +204,8 @@ def _trainer_options(cfg: TokenizerConfig) -> dict[str, object]:
         # gave 4 different Multi30k models), and a corpus should give one tokenizer everywhere.
         "num_threads": 2,
         "minloglevel": 2,
+        # only when on: the models (and cache entries) of every other setting stay those made before it existed
+        **({"byte_fallback": True} if uses_byte_fallback(cfg) else {}),
     }
 
 

@@ -7,15 +7,22 @@ the CLI answers it from its Ctrl-C and SIGTERM handlers.
 Started by torchrun, the same loop runs in every process (`seq2seq.distributed`): each rank trains on its
 share of every batch and DDP averages the gradients; rank 0 alone validates, writes files and reports;
 every decision (skip a non-finite update, a new best, stop) is taken once, the same on every rank.
+
+A step is one update. With train.accumulate = N, a planned batch holds N times train.batch_tokens (for each
+rank), and each rank cuts its share into N micro-batches, whose gradients add up before the one optimizer
+step: the update of one process on the whole batch, with the memory of a batch N times smaller. With
+train.ema_decay, validation and the checkpoints use a moving average of the weights (`seq2seq.ema`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +30,16 @@ from torch import nn
 
 from seq2seq import distributed, metrics, runfolder
 from seq2seq.config import Config, TrainConfig, validation_metrics
-from seq2seq.data import Batch, Examples, collate, plan_batches, share
+from seq2seq.data import Batch, Example, Examples, collate, plan_batches, share
 from seq2seq.distributed import ALONE, World
+from seq2seq.ema import WeightAverage
 from seq2seq.errors import OutOfMemory
 from seq2seq.events import LIMITS, DataReady, Event, Finished, NonFinite, Preparing, Report, StepsDone, Validated
 from seq2seq.model import Seq2Seq
 from seq2seq.optim import LearningRate, build_optimizer
 from seq2seq.runfolder import LoopState, RunFolder
 from seq2seq.startup import start_run
+from seq2seq.subwords import SampledPairs
 from seq2seq.tokenizer import PAD_ID, TokenizerCache, Tokenizers
 from seq2seq.translator import Translator
 # Why a step may end the run, least urgent first; ranks that disagree (their clocks, their signals) take the
@@ -59,6 +68,17 @@ class _Run:
     valid_examples: Examples
     valid_src: list[str]
     valid_tgt: list[str]
+    sampled: SampledPairs | None    # the training pairs' text, cut anew each epoch (tokenizer.sampling_alpha)
+    average: WeightAverage | None   # the weights' moving average (train.ema_decay), on rank 0
+    started_from: dict[str, Any] | None  # a fine-tuned run's model file, recorded in every checkpoint
+
+
+class MicroBatch(NamedTuple):
+    """One forward and backward of an update. A stand-in, for a rank or micro-batch with no examples of its own,
+    trains on some example at weight 0: every rank then runs as many backwards, so that DDP's collectives pair up."""
+
+    batch: Batch
+    stand_in: bool = False
 
 
 def train(
@@ -94,6 +114,9 @@ def _train(
     resumed, model = begun.resumed, begun.model
     # Validation's translator is made before DDP wraps the model: it may swap layers (same parameters) in.
     translator = Translator(model, begun.tokenizers, replace(cfg.search, beam_size=1, quantize="none"), device=world.device)
+    # Before DDP copies rank 0's weights to the others: a resumed average puts the trained weights back in the model.
+    average = WeightAverage(model, cfg.train.ema_decay, resumed.checkpoint.training["ema"] if resumed else None) \
+        if cfg.train.ema_decay else None
     network = world.wrap(model)  # every rank starts from rank 0's weights
     if world.size > 1 and not resumed:
         torch.manual_seed(cfg.train.seed + world.rank)  # each rank draws its own dropout masks
@@ -102,12 +125,13 @@ def _train(
     if resumed:  # last.pt may be newer than metrics.jsonl (a kill between the two writes)
         world.on_main(folder.write_metrics, state.history)
     run = _Run(cfg, folder, world, begun.tokenizers, model, network, translator, optimizer, rate, begun.examples,
-               begun.valid_examples, begun.valid_src, begun.valid_tgt)
+               begun.valid_examples, begun.valid_src, begun.valid_tgt, begun.sampled, average if world.is_main else None,
+               begun.started_from)
     report(Preparing("planning", len(begun.examples)))
-    plan = _epoch_plan(begun.examples, cfg.train, state.epoch, world.size)  # planned once: 1M pairs take seconds
+    plan = epoch_plan(begun.examples, cfg.train, state.epoch, world.size)  # planned once: 1M pairs take seconds
     report(DataReady(begun.stats, len(begun.valid_src), begun.tokenizers.src.vocab_size, begun.tokenizers.tgt.vocab_size,
                      sum(p.numel() for p in model.parameters()), len(plan), state.step,
-                     tuple(tokenizer_cache.used) if tokenizer_cache else (), tuple(folder.unfinished)))
+                     tuple(tokenizer_cache.used) if tokenizer_cache else (), tuple(folder.unfinished), begun.started_from))
     return _loop(run, state, plan, report, should_stop)
 
 
@@ -121,19 +145,24 @@ def _loop(run: _Run, state: LoopState, plan: list[list[int]], report: Report, sh
     while True:
         if state.position == len(plan):
             state.epoch, state.position = state.epoch + 1, 0
-            plan = _epoch_plan(run.examples, settings, state.epoch, run.world.size)
+            plan = epoch_plan(run.examples, settings, state.epoch, run.world.size)
         step_start = time.perf_counter()
         run.rate.apply(run.optimizer, state.step + 1)
-        part, tokens, stand_in = _part(run, plan[state.position])
+        pairs = run.sampled.pairs(plan[state.position], state.epoch) if run.sampled else \
+            [run.examples[i] for i in plan[state.position]]
+        micro_batches, tokens = split(pairs, settings, run.world)
         try:
-            loss, grad_norm, finite = update(run.network, run.optimizer, part, settings, world=run.world,
-                                              tokens=tokens, stand_in=stand_in)
+            loss, grad_norm, finite = update(run.network, run.optimizer, micro_batches, settings, world=run.world,
+                                              tokens=tokens)
         except torch.OutOfMemoryError:
             max_length = f"{run.cfg.data.max_length:,}" if run.cfg.data.max_length else "no limit"
             raise OutOfMemory(
                 f"out of memory on {run.world.device} at step {state.step + 1:,}, a batch of {tokens:,} target "
-                f"tokens: lower train.batch_tokens (now {settings.batch_tokens:,}) or data.max_length "
-                f"(now {max_length}); the checkpoints written so far are intact") from None
+                f"tokens: lower train.batch_tokens (now {settings.batch_tokens:,}; raise train.accumulate, now "
+                f"{settings.accumulate}, to keep the update's size) or data.max_length (now {max_length}); "
+                "the checkpoints written so far are intact") from None
+        if finite and run.average:
+            run.average.update()
         state.step, state.position = state.step + 1, state.position + 1
         state.nonfinite_in_a_row = 0 if finite else state.nonfinite_in_a_row + 1
         window.add(loss * tokens, tokens, grad_norm, settings.clip_norm or math.inf, finite, time.perf_counter() - step_start)
@@ -156,42 +185,61 @@ def _loop(run: _Run, state: LoopState, plan: list[list[int]], report: Report, sh
             return finished
 
 
-def _part(run: _Run, batch: list[int]) -> tuple[Batch, int, bool]:
-    """This rank's part of a planned batch (example indices), the target tokens of the whole batch, and whether
-    the part is a stand-in: a rank whose share is empty trains on the batch's first example at weight 0, so
-    that it still takes part in DDP's gradient averaging."""
-    pairs = [run.examples[i] for i in batch]  # unpacked once, for the count and for this rank's part
+def split(pairs: list[Example], settings: TrainConfig, world: World) -> tuple[list[MicroBatch], int]:
+    """This rank's micro-batches of a planned batch's pairs, and the target tokens of the whole batch (every rank's).
+
+    The rank's share is cut into train.accumulate micro-batches, every N-th pair from the k-th: pairs sit in length
+    order, so the parts are alike in size and lengths. An empty part (a batch of fewer pairs than ranks x micro-batches)
+    is a stand-in on the batch's first pair, at weight 0.
+    """
     tokens = sum(len(pair.tgt) + 1 for pair in pairs)  # target pieces + EOS, every rank's share
-    mine = share(pairs, rank=run.world.rank, ranks=run.world.size)
-    return collate(mine or pairs[:1]).to(run.world.device), tokens, not mine
+    mine = share(pairs, rank=world.rank, ranks=world.size)
+    parts = [share(mine, rank=k, ranks=settings.accumulate) for k in range(settings.accumulate)]
+    return [MicroBatch(collate(part or pairs[:1]).to(world.device), not part) for part in parts], tokens
 
 
 def update(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, settings: TrainConfig, *, world: World = ALONE,
-    tokens: int | None = None, stand_in: bool = False,
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch | Sequence[MicroBatch], settings: TrainConfig, *,
+    world: World = ALONE, tokens: int | None = None,
 ) -> tuple[float, float, bool]:
-    """One update on `batch`: (loss per target token, gradient norm, whether both were finite).
+    """One update on `batch`, or on micro-batches whose gradients add up: (loss per target token, gradient norm,
+    whether both were finite).
 
-    With several ranks, `batch` is this rank's share of a batch of `tokens` target tokens, and `model` is DDP,
-    which averages the ranks' gradients. The summed loss of the share is divided by the whole batch's tokens
-    and multiplied by the number of ranks (0 for a stand-in): the update is then the one that one process
-    makes on the whole batch, and clipping sees the whole batch's gradient. A NaN or inf loss or gradient
-    norm on any rank makes no update on any: the optimizer (and its moments) are left alone.
+    The micro-batches (`split`) are this rank's parts of a batch of `tokens` target tokens; with several ranks
+    `model` is DDP, which averages the ranks' gradients once, in the last backward. Each part's summed loss is
+    divided by the whole batch's tokens and multiplied by the number of ranks (0 for a stand-in): the update is
+    then the one that one process makes on the whole batch at once, and clipping sees the whole batch's gradient.
+    A NaN or inf loss or gradient norm on any rank makes no update on any: the optimizer (and its moments) are
+    left alone.
     """
-    tokens = tokens or batch.tgt_tokens
-    real = batch.tgt_out != PAD_ID
-    with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
-        logits = model(batch.src, batch.src_lens, batch.tgt_in, real)  # (real target tokens, vocab)
-    loss_sum = F.cross_entropy(logits.float(), batch.tgt_out[real], label_smoothing=settings.label_smoothing,
-                               reduction="sum")
+    parts = [MicroBatch(batch)] if isinstance(batch, Batch) else list(batch)
+    tokens = tokens or sum(part.batch.tgt_tokens for part in parts)
     optimizer.zero_grad(set_to_none=True)
-    (loss_sum * (0 if stand_in else world.size) / tokens).backward()
+    loss_sum = 0.0
+    for index, part in enumerate(parts):
+        with _no_sync(model) if index < len(parts) - 1 else nullcontext():  # DDP averages after the last
+            part_loss = _loss_sum(model, part.batch, settings)
+            (part_loss * (0 if part.stand_in else world.size) / tokens).backward()
+        loss_sum += 0.0 if part.stand_in else part_loss.item()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm or math.inf))
-    total, nonfinite_norms = world.sum([0.0 if stand_in else loss_sum.item(), float(not math.isfinite(grad_norm))])
+    total, nonfinite_norms = world.sum([loss_sum, float(not math.isfinite(grad_norm))])
     finite = math.isfinite(total) and nonfinite_norms == 0
     if finite:
         optimizer.step()
     return total / tokens, grad_norm, finite
+
+
+def _loss_sum(model: nn.Module, batch: Batch, settings: TrainConfig) -> torch.Tensor:
+    """The label-smoothed cross-entropy of the batch's target tokens, summed."""
+    real = batch.tgt_out != PAD_ID
+    with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+        logits = model(batch.src, batch.src_lens, batch.tgt_in, real)  # (real target tokens, vocab)
+    return F.cross_entropy(logits.float(), batch.tgt_out[real], label_smoothing=settings.label_smoothing, reduction="sum")
+
+
+def _no_sync(model: nn.Module) -> AbstractContextManager[Any]:
+    """DDP's pause of its gradient averaging, for all but an update's last backward; nothing for a plain model."""
+    return model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else nullcontext()
 
 
 def _stop_reason(state: LoopState, settings: TrainConfig, should_stop: StopCheck, world: World) -> str:
@@ -241,26 +289,39 @@ def _checkpoint(run: _Run, state: LoopState, report: Report, *, validate: bool) 
 
 
 def _examine(run: _Run, state: LoopState, *, validate: bool) -> tuple[bool, Validated | None, list[str] | None]:
-    """Whether the weights are all finite, and, if so and asked, how the model does on the validation set (and
-    its outputs)."""
-    if not all(bool(torch.isfinite(param).all()) for param in run.model.parameters()):
-        return False, None, None
-    return (True, *_validate(run, state)) if validate else (True, None, None)
+    """Whether the weights (trained and averaged) are all finite, and, if so and asked, how the model (the average,
+    with train.ema_decay) does on the validation set (and its outputs)."""
+    with _averaged(run) as trained:
+        weights = [*run.model.parameters(), *(trained or {}).values()]
+        if not all(bool(torch.isfinite(tensor).all()) for tensor in weights):
+            return False, None, None
+        return (True, *_validate(run, state)) if validate else (True, None, None)
 
 
 def _save(run: _Run, state: LoopState, *, hypotheses: list[str] | None, rng_by_rank: list | None) -> None:
-    training = runfolder.training_state(state, run.optimizer, run.rate, rng_by_rank=rng_by_rank)
-    run.folder.save(run.cfg, run.tokenizers, run.model, step=state.step, history=state.history, training=training,
-                    hypotheses=hypotheses)
+    """Save the model (the average, with train.ema_decay; last.pt keeps the trained weights too)."""
+    with _averaged(run) as trained:
+        average = run.average.state(trained) if run.average and trained else None
+        training = runfolder.training_state(state, run.optimizer, run.rate, rng_by_rank=rng_by_rank, average=average)
+        facts = {"started_from": run.started_from} if run.started_from else None
+        run.folder.save(run.cfg, run.tokenizers, run.model, step=state.step, history=state.history, training=training,
+                        hypotheses=hypotheses, facts=facts)
 
 
-def _epoch_plan(examples: Examples, settings: TrainConfig, epoch: int, ranks: int) -> list[list[int]]:
-    """The batches of one epoch; a function of (seed, epoch, ranks) alone, so any epoch can be recreated.
+def _averaged(run: _Run) -> AbstractContextManager[dict[str, torch.Tensor] | None]:
+    """The moving average in the model for the block, giving the trained weights; with none, the model as it is."""
+    return run.average.swapped_in() if run.average else nullcontext()
 
-    Every rank plans the same batches, of train.batch_tokens for each rank, and trains on its share of each.
+
+def epoch_plan(examples: Examples, settings: TrainConfig, epoch: int, ranks: int) -> list[list[int]]:
+    """The batches of one epoch, one for each update; a function of (seed, epoch, ranks) alone, so any epoch can be
+    recreated.
+
+    Every rank plans the same batches, of train.batch_tokens for each rank and micro-batch (train.accumulate), and
+    trains on its share of each.
     """
     generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
-    return plan_batches(examples, batch_tokens=settings.batch_tokens * ranks, generator=generator)
+    return plan_batches(examples, batch_tokens=settings.batch_tokens * settings.accumulate * ranks, generator=generator)
 
 
 class _Window:

@@ -6,9 +6,11 @@ recomputed after the search by teacher forcing so that the search itself stays m
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import islice
+from itertools import islice, repeat
 from typing import NamedTuple, TypeVar
 
 import torch
@@ -17,14 +19,18 @@ from seq2seq import devices
 from seq2seq.config import SearchConfig
 from seq2seq.data import pad
 from seq2seq.errors import ConfigError, OutOfMemory
-from seq2seq.model import Memory, Seq2Seq
-from seq2seq.search import Hypothesis, Narrow, StepFn, TopK, beam_search, greedy_search, reorder, torch_top_k
+from seq2seq.ensemble import Ensemble
+from seq2seq.model import Seq2Seq
+from seq2seq.search import (Hypothesis, Narrow, OnStep, Sampler, StepFn, TopK, beam_search, greedy_search, ranking_score,
+                            reorder, torch_top_k)
+from seq2seq.textio import zip_lines
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
 from seq2seq.workers import map_in_order
 
 Line = TypeVar("Line")
 Done = TypeVar("Done")
 
+Model = Seq2Seq | Ensemble  # both encode, decode_step, forward and attention_weights alike
 BARRED = (PAD_ID, BOS_ID)  # never proposed by the search: padding, and BOS after the start
 
 
@@ -48,7 +54,7 @@ class Translation(NamedTuple):
 
 
 @contextmanager
-def _inference(model: Seq2Seq, precision: str) -> Iterator[None]:
+def inference(model: Model, precision: str) -> Iterator[None]:
     """Eval mode (no dropout), no autograd, bf16 autocast if asked; the model's mode is restored after."""
     if precision == "bf16":
         devices.require_bf16_units(devices.of(model))
@@ -63,42 +69,89 @@ def _inference(model: Seq2Seq, precision: str) -> Iterator[None]:
 
 
 def search_batch(
-    model: Seq2Seq, sources: Sequence[Sequence[int]], search: SearchConfig, *, nbest: int = 1, top_k: TopK = torch_top_k,
+    model: Model, sources: Sequence[Sequence[int]], search: SearchConfig, *, nbest: int = 1, top_k: TopK = torch_top_k,
+    prefixes: Sequence[Sequence[int]] | None = None, numbers: Sequence[int] | None = None, on_step: OnStep | None = None,
 ) -> list[list[Hypothesis]]:
-    """Search for a batch of encoded, non-empty sources (EOS appended here): nbest hypotheses each, on the
-    model's device."""
-    src, src_lens = _on_device(model, pad([[*ids, EOS_ID] for ids in sources]))
-    max_lens = (src_lens * search.max_length_ratio + search.max_length_constant).long().clamp(min=search.min_length + 1)
-    with _inference(model, search.precision):
+    """Search for a batch of encoded, non-empty sources (EOS appended here), on the model's device: the nbest
+    best hypotheses of each, or with `search.sample`, nbest samples of each.
+
+    `prefixes`: the target pieces each output must begin with (the length limit still holds, but always
+    leaves room for the prefix and EOS);
+    `numbers`: the sources' line numbers in the input, which choose their samples' random numbers (0, 1, ...
+    if not given), so that a line's samples do not depend on the lines batched with it. `on_step`: see
+    `beam_search`.
+    """
+    src, src_lens = on_device(model, pad([[*ids, EOS_ID] for ids in sources]))
+    max_lens = length_limits(src_lens, search)
+    forced = None
+    if prefixes is not None and any(prefixes):
+        forced, prefix_lens = on_device(model, pad(prefixes, value=-1))
+        max_lens = torch.maximum(max_lens, prefix_lens + 1)
+    rules = dict(bos_id=BOS_ID, eos_id=EOS_ID, min_length=search.min_length, banned=BARRED,
+                 no_repeat_ngram=search.no_repeat_ngram, top_k=top_k, on_step=on_step)
+    with inference(model, search.precision):
         memory, state = model.encode(src, src_lens)
+        if search.sample:
+            numbers = range(len(sources)) if numbers is None else numbers
+            return _samples(model, memory, state, search, nbest=nbest, numbers=numbers, max_lens=max_lens,
+                            forced=forced, rules=rules)
         if search.beam_size == 1 and nbest == 1:
-            best = greedy_search(_step_fn(model, memory), state, batch_size=len(sources), bos_id=BOS_ID,
-                                 eos_id=EOS_ID, max_lens=max_lens, min_length=search.min_length, banned=BARRED,
-                                 narrow=_narrowing(model, memory), top_k=top_k)
+            best = greedy_search(_step_fn(model, memory), state, batch_size=len(sources), max_lens=max_lens,
+                                 forced=forced, narrow=_narrowing(model, memory), **rules)
             return [[hyp] for hyp in best]
-        return beam_search(_step_fn(model, memory), state,
-                           batch_size=len(sources), beam_size=search.beam_size, bos_id=BOS_ID, eos_id=EOS_ID,
-                           max_lens=max_lens, min_length=search.min_length, alpha=search.length_penalty,
-                           length_norm=search.length_norm, nbest=nbest, banned=BARRED,
-                           narrow=_narrowing(model, memory), top_k=top_k)
+        return beam_search(_step_fn(model, memory), state, batch_size=len(sources), beam_size=search.beam_size,
+                           max_lens=max_lens, alpha=search.length_penalty, length_norm=search.length_norm,
+                           nbest=nbest, forced=forced, narrow=_narrowing(model, memory), **rules)
+
+
+def length_limits(src_lens: torch.Tensor, search: SearchConfig) -> torch.Tensor:
+    """The most pieces each output may have, EOS included, from its source's length (EOS included)."""
+    return (src_lens * search.max_length_ratio + search.max_length_constant).long().clamp(min=search.min_length + 1)
+
+
+def _samples(
+    model: Model, memory: tuple, state: tuple, search: SearchConfig, *, nbest: int, numbers: Sequence[int],
+    max_lens: torch.Tensor, forced: torch.Tensor | None, rules: dict,
+) -> list[list[Hypothesis]]:
+    """`nbest` samples of each sentence: its memory and state repeated nbest times, each copy drawing its
+    pieces from its own random numbers, seeded by (search.seed, line number, sample number)."""
+    copies = torch.arange(len(numbers), device=max_lens.device).repeat_interleave(nbest)
+    memory, state, max_lens = reorder(memory, copies), reorder(state, copies), max_lens[copies]
+    steps = int(max_lens.max())
+    uniforms = torch.zeros(len(copies), steps)
+    for row, (number, sample) in enumerate((number, sample) for number in numbers for sample in range(nbest)):
+        length = int(max_lens[row])  # the line's own limit, not the batch's: its numbers must not depend on the batch
+        uniforms[row, :length] = torch.rand(length, generator=torch.Generator().manual_seed(
+            sample_seed(search.seed, number, sample)))
+    sampler = Sampler(uniforms.to(max_lens.device), search.temperature, search.top_k, search.top_p)
+    found = greedy_search(_step_fn(model, memory), state, batch_size=len(copies), max_lens=max_lens,
+                          forced=forced[copies] if forced is not None else None, narrow=_narrowing(model, memory),
+                          choose=sampler, **rules)
+    return [found[start : start + nbest] for start in range(0, len(found), nbest)]
+
+
+def sample_seed(seed: int, line: int, sample: int) -> int:
+    """The seed of one sample's random numbers: a hash of the user's seed, the line and the sample number."""
+    digest = hashlib.blake2b(f"{seed} {line} {sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch seeds are below 2**63
 
 
 def attention_batch(
-    model: Seq2Seq, sources: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]], *, precision: str = "fp32",
+    model: Model, sources: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]], *, precision: str = "fp32",
 ) -> list[torch.Tensor]:
     """The attention of each output over its source: (len(output) + 1, len(source) + 1) weights each.
 
     Recomputed by teacher forcing through the model's own decoder step, so the rows are the weights
     the search's steps used for these outputs (up to rounding between batch shapes).
     """
-    src, src_lens = _on_device(model, pad([[*ids, EOS_ID] for ids in sources]))
-    tgt_in, _ = _on_device(model, pad([[BOS_ID, *ids] for ids in outputs]))
-    with _inference(model, precision):
+    src, src_lens = on_device(model, pad([[*ids, EOS_ID] for ids in sources]))
+    tgt_in, _ = on_device(model, pad([[BOS_ID, *ids] for ids in outputs]))
+    with inference(model, precision):
         weights = model.attention_weights(src, src_lens, tgt_in).float().cpu()  # (batch, tgt_len, src_len)
     return [weights[row, : len(output) + 1, : len(source) + 1] for row, (source, output) in enumerate(zip(sources, outputs))]
 
 
-def _on_device(model: Seq2Seq, padded: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def on_device(model: Model, padded: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     ids, lens = padded
     device = devices.of(model)
     return ids.to(device), lens.to(device)
@@ -115,22 +168,25 @@ def hard_alignment(weights: torch.Tensor) -> list[tuple[int, int]]:
     return [(source, target) for target, source in enumerate(best) if source < source_pieces]
 
 
-def _step_fn(model: Seq2Seq, memory: Memory) -> StepFn:
+def _step_fn(model: Model, memory: tuple) -> StepFn:
     """The search's view of the model: next-token log-probabilities for the current tokens and state."""
     return lambda tokens, state: model.decode_step(tokens, state, memory)
 
 
-def _narrowing(model: Seq2Seq, memory: Memory) -> Narrow:
+def _narrowing(model: Model, memory: tuple) -> Narrow:
     """How the search drops done sentences: the step over the memory of the sentences still searched."""
     return lambda sentences: _step_fn(model, reorder(memory, sentences))
 
 
 def translate(
-    model: Seq2Seq, tokenizers: Tokenizers, lines: Iterable[str], search: SearchConfig, *,
+    model: Model, tokenizers: Tokenizers, lines: Iterable[str], search: SearchConfig, *,
     nbest: int = 1, chunk_lines: int | None = None, attention: bool = False, max_source_pieces: int = 0,
     on_cut: Callable[[int, int], None] = lambda number, pieces: None, workers: int = 1, top_k: TopK = torch_top_k,
+    prefixes: Iterable[str] | None = None, on_long_line: Callable[[LongLine], None] = lambda line: None,
+    on_step: OnStep | None = None,
 ) -> Iterator[list[Translation]]:
-    """Yield the nbest translations of each line, in input order, as soon as its chunk is done.
+    """Yield the nbest translations of each line (its samples, with `search.sample`), in input order, as soon
+    as its chunk is done.
 
     The pipeline alone, for a model already prepared (`seq2seq.translator.Translator` prepares one and
     checks the options). Lines are read `chunk_lines` at a time (default: 8 batches), sorted by length
@@ -140,49 +196,112 @@ def translate(
 
     A line longer than `max_source_pieces` (0 = no limit) is translated from its first pieces only,
     after `on_cut(line_number, pieces)`: decoding time grows with the source, so one 100,000-character
-    line could stall a whole file; cut, it still gets its one output line.
+    line could stall a whole file; cut, it still gets its one output line. A line of LONG_LINE pieces or
+    more is announced before its search starts (`on_long_line`, with the steps and memory it may need),
+    and its batch's search calls `on_step(steps done, most steps)` before each step (when it runs in
+    this process: not in a worker's).
+    `prefixes`, one per line (a DataError if there are more or fewer): text each output must begin with,
+    as target pieces; the score covers the whole output. An empty prefix forces nothing.
     With `workers` above 1, that many forked processes search the batches side by side on the CPU
     (`seq2seq.workers`): the results are the same as one process's, up to rounding, and a chunk comes
     out once the next one has been read and handed to them.
     """
     # checked now, not when the first line is read
+    if search.coverage_penalty and model.attention is None:
+        raise ConfigError("this model has no attention (model.attention = none): the coverage penalty needs it")
     if attention and model.attention is None:
         raise ConfigError("this model has no attention (model.attention = none): there is no attention "
                           "to draw or align (--attention-plot, --alignment)")
     if search.precision == "bf16":
         devices.require_bf16_units(devices.of(model))
-    return _translate(model, tokenizers, iter(lines), search, nbest=nbest, chunk_lines=chunk_lines or 8 * search.batch_size,
+    pairs = zip_lines(lines, "input lines", prefixes, "prefixes") if prefixes is not None else zip(lines, repeat(""))
+    return _translate(model, tokenizers, pairs, search, nbest=nbest, chunk_lines=chunk_lines or 8 * search.batch_size,
                       attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut, workers=workers,
-                      top_k=top_k)
+                      top_k=top_k, on_long_line=on_long_line, on_step=on_step)
+
+
+LONG_LINE = 1_000  # source pieces from which a line is announced before its search (`LongLine`) and followed step by step
+
+
+class LongLine(NamedTuple):
+    """A line whose search will take a while (LONG_LINE pieces or more), announced before it starts: decoding
+    time and memory grow with the source, and a 1 MB line runs for many minutes."""
+
+    number: int   # 1-based, in the input
+    pieces: int   # source pieces searched
+    steps: int    # the most decoder steps its search can take
+    memory: int   # about how many bytes its search needs at the peak, beyond the model's own
+
+
+def search_memory(model: Model, pieces: int, search: SearchConfig, *, rows: int) -> int:
+    """About the peak bytes of searching one line of `pieces` source pieces with `rows` hypotheses (beams or
+    samples): per model, the encoder's activations (pieces x (embedding + 6 x hidden) floats, its outputs and
+    keys among them) and, at every step, the attention's scores over the source for every row (pieces x
+    hidden x rows for Bahdanau's, whose tanh layer runs over every source position); then the search's
+    history of output pieces. Against peak memory measured on lines of 4,786 and 23,185 pieces
+    (bench/README.md, "Long lines"): within 10%."""
+    steps = int(length_limits(torch.tensor([pieces + 1]), search))
+    members = model.members if isinstance(model, Ensemble) else [model]
+    total = 0
+    for member in members:
+        width = member.hidden_dim if member.attention is not None and member.attention.kind == "bahdanau" else 4
+        total += 4 * pieces * (member.src_embed.embedding_dim + 6 * member.hidden_dim) + 4 * rows * pieces * width
+    return total + 16 * rows * steps
+
+
+class _Source(NamedTuple):
+    """One input line, encoded for the search."""
+
+    ids: list[int]      # its pieces
+    prefix: list[int]   # the target pieces its output must begin with
+    line: int           # its 0-based number in the input, which chooses its samples' random numbers
 
 
 class _Chunk(NamedTuple):
-    """Lines read together: how many, and their batches (each line's number in the chunk, and its pieces)."""
+    """Lines read together: how many, and their batches (each line's number in the chunk, and its source)."""
 
     size: int
     numbers: list[list[int]]
-    sources: list[list[list[int]]]
+    sources: list[list[_Source]]
 
 
 BatchResult = list[list[tuple[Hypothesis, SourceAttention | None]]]  # per line of a batch, its hypotheses
 
 
 def _translate(
-    model: Seq2Seq, tokenizers: Tokenizers, lines: Iterator[str], search: SearchConfig, *,
+    model: Model, tokenizers: Tokenizers, lines: Iterator[tuple[str, str]], search: SearchConfig, *,
     nbest: int, chunk_lines: int, attention: bool, max_source_pieces: int, on_cut: Callable[[int, int], None],
-    workers: int, top_k: TopK,
+    workers: int, top_k: TopK, on_long_line: Callable[[LongLine], None], on_step: OnStep | None,
 ) -> Iterator[list[Translation]]:
     """`translate`'s loop, once its arguments are checked."""
     device = devices.of(model)
+    covering = search.coverage_penalty > 0 and not search.sample  # re-rank the whole beam by coverage
+    rows = nbest if search.sample else search.beam_size
+    parent = os.getpid()  # a worker inherits this loop through fork; it must not report progress itself
 
-    def search_lines(sources: list[list[int]]) -> BatchResult:
-        found = _halving(lambda part: search_batch(model, part, search, nbest=nbest, top_k=top_k), sources, len, device)
-        looked = (_halving(lambda part: _attention(model, part, search.precision), list(zip(sources, found)),
+    def announce(number: int, pieces: int) -> None:
+        steps = int(length_limits(torch.tensor([pieces + 1]), search))
+        on_long_line(LongLine(number, pieces, steps, search_memory(model, pieces, search, rows=rows)))
+
+    def find(part: list[_Source]) -> list[list[Hypothesis]]:
+        prefixes = [source.prefix for source in part]
+        long = on_step is not None and os.getpid() == parent and max(len(source.ids) for source in part) >= LONG_LINE
+        return search_batch(model, [source.ids for source in part], search, nbest=search.beam_size if covering else nbest,
+                            top_k=top_k, prefixes=prefixes if any(prefixes) else None,
+                            numbers=[source.line for source in part], on_step=on_step if long else None)
+
+    def search_lines(sources: list[_Source]) -> BatchResult:
+        found = halving(find, sources, lambda source: len(source.ids), device)
+        looked = (halving(lambda part: _attention(model, part, search.precision),
+                           [(source.ids, hypotheses) for source, hypotheses in zip(sources, found)],
                            lambda line: len(line[0]), device)
-                  if attention else [[None] * len(hypotheses) for hypotheses in found])
-        return [list(zip(hypotheses, seen)) for hypotheses, seen in zip(found, looked)]
+                  if attention or covering else [[None] * len(hypotheses) for hypotheses in found])
+        lines = [list(zip(hypotheses, seen)) for hypotheses, seen in zip(found, looked)]
+        if covering:
+            lines = [by_coverage(line, search)[:nbest] for line in lines]
+        return lines if attention or not covering else [[(hyp, None) for hyp, _ in line] for line in lines]
 
-    chunks = _chunks(tokenizers, lines, search.batch_size, chunk_lines, max_source_pieces, on_cut)
+    chunks = _chunks(tokenizers, lines, search.batch_size, chunk_lines, max_source_pieces, on_cut, announce)
     for chunk, found in map_in_order(search_lines, chunks, lambda chunk: chunk.sources, workers):
         results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in range(chunk.size)]
         # one SentencePiece call per chunk: each call has a fixed cost (it starts threads)
@@ -193,26 +312,46 @@ def _translate(
         yield from results
 
 
+def by_coverage(line: list[tuple[Hypothesis, SourceAttention | None]], search: SearchConfig,
+                ) -> list[tuple[Hypothesis, SourceAttention | None]]:
+    """A line's hypotheses ranked by their length-penalised score plus GNMT's coverage penalty,
+    beta * sum over source pieces of log(min(attention received, 1)): an output that left part of the
+    source unread ranks lower. The reported score stays the model's log-probability."""
+    def rank(hypothesis: tuple[Hypothesis, SourceAttention | None]) -> float:
+        hyp, seen = hypothesis
+        assert seen is not None
+        ranked = ranking_score(torch.tensor(hyp.score), torch.tensor(len(hyp.tokens) + 1.0),
+                               alpha=search.length_penalty, length_norm=search.length_norm)
+        received = seen.weights[:, :-1].sum(dim=0)  # per source piece, over all output steps (its EOS left out)
+        return float(ranked + search.coverage_penalty * received.clamp(min=1e-6, max=1.0).log().sum())
+
+    return sorted(line, key=rank, reverse=True)
+
+
 def _chunks(
-    tokenizers: Tokenizers, lines: Iterator[str], batch_size: int, chunk_lines: int, max_source_pieces: int,
-    on_cut: Callable[[int, int], None],
+    tokenizers: Tokenizers, lines: Iterator[tuple[str, str]], batch_size: int, chunk_lines: int, max_source_pieces: int,
+    on_cut: Callable[[int, int], None], on_long: Callable[[int, int], None],
 ) -> Iterator[_Chunk]:
-    """The input, `chunk_lines` at a time, encoded and cut into batches of lines of similar length (empty lines
-    are in no batch)."""
+    """The input (line, prefix pairs), `chunk_lines` at a time, encoded and cut into batches of lines of similar
+    length (empty lines are in no batch). `on_cut` and `on_long` hear of lines cut or long: (number, pieces)."""
     lines_before = 0
     while chunk := list(islice(lines, chunk_lines)):
-        encoded = tokenizers.src.encode(chunk)
+        encoded = tokenizers.src.encode([line for line, _ in chunk])
+        prefixes = tokenizers.tgt.encode([prefix for _, prefix in chunk])
         for offset, ids in enumerate(encoded):
             if max_source_pieces and len(ids) > max_source_pieces:
                 on_cut(lines_before + offset + 1, len(ids))
                 encoded[offset] = ids[:max_source_pieces]
-        lines_before += len(chunk)
+            if len(encoded[offset]) >= LONG_LINE:
+                on_long(lines_before + offset + 1, len(encoded[offset]))
         order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
         numbers = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        yield _Chunk(len(chunk), numbers, [[encoded[i] for i in batch] for batch in numbers])
+        yield _Chunk(len(chunk), numbers, [[_Source(encoded[i], prefixes[i], lines_before + i) for i in batch]
+                                           for batch in numbers])
+        lines_before += len(chunk)
 
 
-def _halving(
+def halving(
     work: Callable[[list[Line]], list[Done]], lines: list[Line], pieces: Callable[[Line], int], device: torch.device,
 ) -> list[Done]:
     """`work` on a batch, one item per source line, split in two for as long as the device runs out of memory
@@ -228,11 +367,11 @@ def _halving(
             raise OutOfMemory(f"out of memory on {device} translating a single line of {pieces(lines[0]):,} pieces: "
                               f"lower --max-source-pieces{elsewhere}") from None
         half = len(lines) // 2
-        return _halving(work, lines[:half], pieces, device) + _halving(work, lines[half:], pieces, device)
+        return halving(work, lines[:half], pieces, device) + halving(work, lines[half:], pieces, device)
 
 
 def _attention(
-    model: Seq2Seq, lines: Sequence[tuple[list[int], list[Hypothesis]]], precision: str,
+    model: Model, lines: Sequence[tuple[list[int], list[Hypothesis]]], precision: str,
 ) -> list[list[SourceAttention]]:
     """Each hypothesis's attention over its source (a line: its source and its hypotheses), all of a batch's
     hypotheses in one teacher-forced pass."""

@@ -24,22 +24,43 @@ import torch
 
 from seq2seq import checkpoint, devices
 from seq2seq.config import Config, SearchConfig
+from seq2seq.ensemble import Ensemble
 from seq2seq.errors import ConfigError
 from seq2seq.int8 import quantized_int8
 from seq2seq.model import Seq2Seq
+from seq2seq.scoring import TargetScore, score
 from seq2seq.speedups import swap_in_few_rows_products, top_k_for
+from seq2seq.textio import zip_lines
 from seq2seq.tokenizer import Tokenizers
-from seq2seq.translation import Translation, translate
+from seq2seq.search import OnStep
+from seq2seq.translation import LongLine, Model, Translation, translate
+from seq2seq.unknowns import UnknownCopier
 from seq2seq.workers import worker_count
 
 SEARCH_SETTINGS = tuple(field.name for field in dataclasses.fields(SearchConfig))
 
 
-def load(path: str | Path, *, device: str | torch.device = "auto", **search: Any) -> Translator:
+def load(path: str | Path | Sequence[str | Path], *, weights: Sequence[float] | None = None,
+         device: str | torch.device = "auto", **search: Any) -> Translator:
     """A translator for the model file at `path`, with its saved search settings overridden by `search`
-    (beam_size=..., quantize="int8", ...; None keeps the saved value)."""
-    loaded = checkpoint.load(path)
-    return Translator(loaded.model, loaded.tokenizers, with_overrides(loaded.config.search, search), device=device)
+    (beam_size=..., quantize="int8", ...; None keeps the saved value).
+
+    Several paths make an ensemble (`seq2seq.ensemble`), mixed by `weights` (equal by default): the
+    models must share their tokenizers, and the first one's search settings are the defaults.
+    """
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    loaded = [checkpoint.load(one) for one in paths]
+    first = loaded[0]
+    for other_path, other in zip(paths[1:], loaded[1:]):
+        if _vocabulary(other.tokenizers) != _vocabulary(first.tokenizers):
+            raise ConfigError(f"{other_path}: its tokenizers differ from {paths[0]}'s; the models of an ensemble "
+                              "must share them (train them on the same data and tokenizer settings)")
+    model = first.model if len(loaded) == 1 and weights is None else Ensemble([one.model for one in loaded], weights)
+    return Translator(model, first.tokenizers, with_overrides(first.config.search, search), device=device)
+
+
+def _vocabulary(tokenizers: Tokenizers) -> tuple[bytes, bytes]:
+    return tokenizers.src.model_proto, tokenizers.tgt.model_proto
 
 
 def with_overrides(search: SearchConfig, overrides: dict[str, Any]) -> SearchConfig:
@@ -60,7 +81,7 @@ class Translator:
     itself is left as it is, so it must not change afterwards.
     """
 
-    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, search: SearchConfig | None = None, *,
+    def __init__(self, model: Model, tokenizers: Tokenizers, search: SearchConfig | None = None, *,
                  device: str | torch.device = "auto") -> None:
         self.search = with_overrides(search or SearchConfig(), {})
         self.tokenizers = tokenizers
@@ -70,36 +91,61 @@ class Translator:
         model.to(self.device)
         if self.search.quantize == "int8":
             devices.require_int8_units()
-            model = quantized_int8(model)
-        elif self.device.type == "cpu":
-            model = swap_in_few_rows_products(model)
+        if isinstance(model, Ensemble):
+            model = Ensemble([self._sped_up(member) for member in model.members], model.weights)
+        else:
+            model = self._sped_up(model)
         self.model = model
         self._top_k = top_k_for(self.device)
 
+    def _sped_up(self, model: Seq2Seq) -> Seq2Seq:
+        """`model` with this translator's speed-ups: an int8 copy, or on the CPU, its wide layers' faster products."""
+        if self.search.quantize == "int8":
+            return quantized_int8(model)
+        return swap_in_few_rows_products(model) if self.device.type == "cpu" else model
+
     def translate(self, lines: Sequence[str], *, nbest: int = 1, attention: bool = False, **options: Any) -> list[list[Translation]]:
-        """The `nbest` best translations of every line, best first. `options` are `stream`'s (workers=...) and
-        search settings for this call (beam_size=..., length_penalty=...). With `attention`, each translation
-        carries its attention over the source and its `.alignment`."""
+        """The `nbest` best translations of every line, best first. `options` are `stream`'s (workers=...,
+        replace_unk=True) and search settings for this call (beam_size=..., length_penalty=...). With `attention`,
+        each translation carries its attention over the source and its `.alignment`."""
         options.setdefault("chunk_lines", max(len(lines), 1))  # the whole list sorted by length: the least padding
         return list(self.stream(lines, nbest=nbest, attention=attention, **options))
 
     def stream(
         self, lines: Iterable[str], *, nbest: int = 1, attention: bool = False, chunk_lines: int | None = None,
         max_source_pieces: int = 0, on_cut: Callable[[int, int], None] = lambda number, pieces: None,
-        workers: int = 1, **search: Any,
+        workers: int = 1, prefixes: Iterable[str] | None = None, replace_unk: bool = False,
+        on_long_line: Callable[[LongLine], None] = lambda line: None, on_step: OnStep | None = None, **search: Any,
     ) -> Iterator[list[Translation]]:
         """`translate` one chunk at a time, for input of any length: each line's translations, in input order,
-        as soon as its chunk is done (see `seq2seq.translation.translate` for `chunk_lines`, `max_source_pieces`
-        and `on_cut`). `workers`: processes searching side by side on the CPU (0 = one per core, on Linux).
-        Every option is checked here, before any line is read."""
+        as soon as its chunk is done (see `seq2seq.translation.translate` for `chunk_lines`, `max_source_pieces`,
+        `on_cut`, `prefixes`, `on_long_line` and `on_step`). `workers`: processes searching side by side on the CPU (0 = one per core, on
+        Linux). With sample=True, `nbest` is the number of samples per line. With `replace_unk`, each <unk> of an
+        output becomes the source text it attended to most (`seq2seq.unknowns`). Every option is checked here,
+        before any line is read."""
         settings = self.settings(**search)
-        if nbest < 1 or nbest > settings.beam_size:
+        if nbest < 1 or (nbest > settings.beam_size and not settings.sample):
             raise ConfigError(f"nbest must be from 1 to the beam size: got nbest {nbest} with beam_size {settings.beam_size}")
         if max_source_pieces < 0:
             raise ConfigError(f"max_source_pieces must be 0 (no limit) or more, got {max_source_pieces}")
-        return translate(self.model, self.tokenizers, lines, settings, nbest=nbest, chunk_lines=chunk_lines,
-                         attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut,
-                         workers=worker_count(workers, self.device), top_k=self._top_k)
+        copier = UnknownCopier(self.model, self.tokenizers) if replace_unk else None
+        results = translate(self.model, self.tokenizers, copier.reading(lines) if copier else lines, settings, nbest=nbest,
+                            chunk_lines=chunk_lines, attention=attention or replace_unk, max_source_pieces=max_source_pieces,
+                            on_cut=on_cut, workers=worker_count(workers, self.device), top_k=self._top_k, prefixes=prefixes,
+                            on_long_line=on_long_line, on_step=on_step)
+        return copier.mended(results, keep_attention=attention) if copier else results
+
+    def score(self, sources: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
+        """The model's log-probability of each target given its source (`seq2seq.scoring`), in order."""
+        return list(self.score_stream(sources, targets, chunk_lines=max(len(sources), 1)))
+
+    def score_stream(self, sources: Iterable[str], targets: Iterable[str], *, chunk_lines: int | None = None,
+                     names: tuple[str, str] = ("the sources", "the targets")) -> Iterator[TargetScore]:
+        """`score` one chunk at a time, for input of any length; `names` name the two inputs when their
+        lengths differ (a DataError)."""
+        pairs = zip_lines(sources, names[0], targets, names[1])
+        return score(self.model, self.tokenizers, pairs, batch_size=self.search.batch_size,
+                     precision=self.search.precision, chunk_lines=chunk_lines)
 
     def settings(self, **overrides: Any) -> SearchConfig:
         """This translator's search settings with `overrides`; quantize is fixed when the translator is made."""

@@ -285,3 +285,18 @@ def test_a_file_saved_before_checksums_still_loads(saved, tmp_path: Path) -> Non
     path, model = saved
     older = _resaved(path, tmp_path / "older.pt", lambda payload: payload.pop("weights_crc32"))
     assert torch.equal(checkpoint.load(older).model.out.bias, model.out.bias)
+
+
+def _before_adaptation(payload: dict) -> None:
+    """A config as saved before fine-tuning, accumulation, weight averaging and subword sampling existed."""
+    for key in ("init_from", "accumulate", "ema_decay"):
+        payload["config"]["train"].pop(key)
+    payload["config"]["tokenizer"].pop("sampling_alpha")
+
+
+def test_a_file_saved_before_the_adaptation_settings_loads_with_them_off(saved, tmp_path: Path) -> None:
+    path, model = saved
+    older = checkpoint.load(_resaved(path, tmp_path / "older.pt", _before_adaptation))
+    assert (older.config.train.init_from, older.config.train.accumulate, older.config.train.ema_decay,
+            older.config.tokenizer.sampling_alpha) == (None, 1, 0.0, 0.0)
+    assert torch.equal(older.model.out.bias, model.out.bias)

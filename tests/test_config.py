@@ -166,3 +166,14 @@ def test_the_command_line_refuses_a_negative_step_count_with_exit_2(tmp_path: Pa
     result = CliRunner().invoke(app, ["train", "--max-steps", "-1", "--output", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: train.max_steps must be at least 0, got -1"
+
+
+def test_the_adaptation_settings_are_in_the_printed_config_off_by_default() -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--print-config", "--set", "train.accumulate=4"])
+    assert result.exit_code == 0, result.output
+    for line in ("sampling_alpha = 0.0", "# init_from = (unset)", "accumulate = 4", "ema_decay = 0.0"):
+        assert line in result.stdout.splitlines()

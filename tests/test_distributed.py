@@ -232,6 +232,23 @@ def test_a_rank_with_an_empty_share_finishes_and_changes_nothing(config: Config,
     assert_trained_alike((tmp_path / "one", events), (tmp_path / "two", results[0]["events"]))
 
 
+def test_accumulating_2_batches_of_b_tokens_updates_as_one_batch_of_2b(config: Config, one_process, tmp_path: Path) -> None:
+    events: list = []
+    training.train(with_train(config, accumulate=2), tmp_path, report=events.append)
+    assert_trained_alike(one_process, (tmp_path, events))
+
+
+def test_two_ranks_accumulating_2_batches_of_b_update_as_one_process_of_4b(config: Config, tmp_path: Path) -> None:
+    """Processes x accumulation: each rank cuts its share of a batch of 4B into two micro-batches."""
+    events: list = []
+    training.train(with_train(config, batch_tokens=4 * config.train.batch_tokens), tmp_path / "one", report=events.append)
+
+    results = run_ranks(tmp_path / "ranks", _train_rank, with_train(config, accumulate=2), tmp_path / "two")
+
+    assert_trained_alike((tmp_path / "one", events), (tmp_path / "two", results[0]["events"]))
+    assert max_difference(results[0]["weights"], results[1]["weights"]) == 0.0
+
+
 # --- stopping, resuming, failing ---------------------------------------------------------------------------
 
 

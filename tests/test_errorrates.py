@@ -67,6 +67,13 @@ def test_an_empty_line_in_a_second_reference_file_is_no_reference() -> None:
     assert (wer, exact) == (0.0, 100.0)
 
 
+def test_a_varying_number_of_references_signs_as_nrefs_var() -> None:
+    hyps, first, second = ["a b", "c d"], ["a b", "c d"], ["a c", ""]  # the second line has one reference
+    (varying,) = corpus_scores(hyps, [first, second], ["wer"])
+    (both,) = corpus_scores(hyps, [first, ["a c", "c e"]], ["wer"])
+    assert varying.signature.startswith("nrefs:var|") and both.signature.startswith("nrefs:2|")
+
+
 def test_signatures_say_what_was_counted() -> None:
     wer, cer, exact = corpus_scores(["a b"], [["a b"]], ["wer", "cer", "exact"])
     assert wer.signature.startswith("nrefs:1|unit:word|case:mixed|norm:whitespace|version:seq2seq-")

@@ -7,9 +7,7 @@ the previous version or the new one, never half of either.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import itertools
-import json
 import multiprocessing
 import os
 import random
@@ -21,9 +19,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from bench import faultkit
 from cli.main import app
 from seq2seq import checkpoint, training, translation
-from seq2seq.config import Config, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, resolve, to_toml
+from seq2seq.config import Config, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, to_toml
 from seq2seq.errors import DataError
 from seq2seq.model import Seq2Seq
 from seq2seq.textio import atomic_write
@@ -68,17 +67,11 @@ def start_training(config: Config, out: Path) -> multiprocessing.Process:
     return child
 
 
-def assert_whole_run_folder(out: Path) -> int:
-    """Every file with a final name is whole; returns last.pt's step (0 when there is none yet)."""
-    if (out / "config.toml").exists():
-        resolve(out / "config.toml")
-    if (out / "metrics.jsonl").exists():
-        [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    for name in ("best.pt", "last.pt"):
-        if (out / name).exists():
-            loaded = checkpoint.load(out / name)
-            assert len(Translator(loaded.model, loaded.tokenizers, loaded.config.search).translate(["the cat", "a dog ran"])) == 2
-    return checkpoint.load(out / "last.pt").step if (out / "last.pt").exists() else 0
+def assert_whole_run_folder(out: Path, *, ended: bool = False) -> int:
+    """Every file with a final name is whole (the fault-injection bench's check), and with `ended` (the run ended by
+    itself) no temporary file or lock is left; returns last.pt's step (0 when there is none yet)."""
+    assert not faultkit.problems_in(out, ended=ended)
+    return faultkit.last_step(out) or 0
 
 
 def test_killing_training_at_random_moments_never_leaves_a_broken_file(config: Config, tmp_path: Path) -> None:
@@ -122,46 +115,13 @@ def test_a_kill_between_writing_and_renaming_keeps_the_previous_checkpoint(confi
     assert not list(out.glob(".*.tmp")), "the next run clears temporary files a killed save left behind"
 
 
-class FullDisk:
-    """A file whose writes fail with ENOSPC once `room` bytes are written, like a filling disk."""
-
-    def __init__(self, file, room: int) -> None:
-        self.file, self.room = file, room
-
-    def write(self, data):
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.file.write(data)
-
-    def __getattr__(self, name: str):
-        return getattr(self.file, name)
-
-    def __enter__(self) -> FullDisk:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.file.close()
-
-
-def fill_the_disk(monkeypatch: pytest.MonkeyPatch, *, after=lambda: True, room: int = 1000) -> None:
-    """Make every file opened for writing (`atomic_write` opens its temporary file with os.fdopen) run out of
-    space after `room` bytes, once `after()` is true."""
-    real_fdopen = os.fdopen
-    monkeypatch.setattr(os, "fdopen", lambda *args, **kwargs: FullDisk(real_fdopen(*args, **kwargs), room)
-                        if after() else real_fdopen(*args, **kwargs))
-
-
-def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(
-    tokenizers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tokenizers, tmp_path: Path) -> None:
     config = Config(model=ModelConfig(emb_dim=8, hidden_dim=16))
     path = tmp_path / "model.pt"
     checkpoint.save(path, config=config, tokenizers=tokenizers, model=checkpoint.build_model(config, tokenizers), step=1)
     before = path.read_bytes()
-    fill_the_disk(monkeypatch)
 
-    with pytest.raises(DataError) as error:
+    with pytest.raises(DataError) as error, faultkit.filled_disk(faultkit.DiskFault("model.pt", "part-way")):
         checkpoint.save(path, config=config, tokenizers=tokenizers, model=checkpoint.build_model(config, tokenizers), step=2)
 
     assert str(error.value) == f"{path}: could not be written (No space left on device); its previous content is intact"
@@ -169,39 +129,36 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "the temporary file is gone"
 
 
-def test_a_full_disk_creates_no_new_file_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fill_the_disk(monkeypatch, room=10)
+def test_a_full_disk_creates_no_new_file_and_says_so(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"new.txt: could not be written \(No space left on device\); nothing was written"):
-        with atomic_write(tmp_path / "new.txt") as file:
-            file.write("more than ten characters\n")
+        with faultkit.filled_disk(faultkit.DiskFault("new.txt", "at the first byte")), atomic_write(tmp_path / "new.txt") as file:
+            file.write("a line\n")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_full_disk_stops_training_with_one_line_and_the_checkpoints_intact(
-    config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_full_disk_stops_training_with_one_line_and_the_checkpoints_intact(config: Config, tmp_path: Path) -> None:
     out, recipe = tmp_path / "run", tmp_path / "tiny.toml"
     recipe.write_text(to_toml(config), encoding="utf-8")
-    fill_the_disk(monkeypatch, after=lambda: (out / "last.pt").exists())
 
-    result = runner.invoke(app, ["train", "--config", str(recipe), "--output", str(out), "--max-steps", "5", "-q"])
+    with faultkit.filled_disk(faultkit.DiskFault("last.pt", "part-way", spare=1)):  # the second save finds the disk full
+        result = runner.invoke(app, ["train", "--config", str(recipe), "--output", str(out), "--max-steps", "5", "-q"])
 
     assert result.exit_code == 1, result.output
-    (line,) = result.stderr.splitlines()
-    assert "No space left on device" in line and "its previous content is intact" in line
-    assert assert_whole_run_folder(out) == 1
+    assert result.stderr.strip() == (f"error: {out / 'last.pt'}: could not be written (No space left on device); "
+                                     "its previous content is intact")
+    assert assert_whole_run_folder(out, ended=True) == 1
 
 
-def test_translate_onto_a_full_disk_keeps_the_old_output(tokenizers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_translate_onto_a_full_disk_keeps_the_old_output(tokenizers, tmp_path: Path) -> None:
     config = Config(model=ModelConfig(emb_dim=8, hidden_dim=16), search=SearchConfig(beam_size=1))
     model = tmp_path / "model.pt"
     checkpoint.save(model, config=config, tokenizers=tokenizers, model=checkpoint.build_model(config, tokenizers), step=1)
     source, output = tmp_path / "in.txt", tmp_path / "out.txt"
     source.write_text("the cat\n" * 200, encoding="utf-8")
     output.write_text("an earlier translation\n", encoding="utf-8")
-    fill_the_disk(monkeypatch, room=100)
 
-    result = runner.invoke(app, ["translate", "-m", str(model), "-i", str(source), "-o", str(output)])
+    with faultkit.filled_disk(faultkit.DiskFault("out.txt", "part-way")):
+        result = runner.invoke(app, ["translate", "-m", str(model), "-i", str(source), "-o", str(output)])
 
     assert result.exit_code == 1, result.output
     assert result.stderr.strip() == (f"error: {output}: could not be written (No space left on device); "
@@ -303,7 +260,7 @@ def test_training_out_of_memory_stops_with_one_line_and_the_checkpoints_intact(
     config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = itertools.count(1)
-    run_out_of_memory(monkeypatch, training, "update", size=lambda args: args[2].src.size(0),
+    run_out_of_memory(monkeypatch, training, "update", size=lambda args: 0,  # the third update fails, whatever its size
                       when=lambda batch: next(calls) == 3)
     recipe, out = tmp_path / "tiny.toml", tmp_path / "run"
     recipe.write_text(to_toml(with_train(config, valid_every=1)), encoding="utf-8")
@@ -313,9 +270,9 @@ def test_training_out_of_memory_stops_with_one_line_and_the_checkpoints_intact(
     assert result.exit_code == 1, result.output
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: out of memory on cpu at step 3, a batch of ")
-    assert line.endswith("lower train.batch_tokens (now 200) or data.max_length (now 100); "
-                         "the checkpoints written so far are intact")
-    assert assert_whole_run_folder(out) == 2
+    assert line.endswith("lower train.batch_tokens (now 200; raise train.accumulate, now 1, to keep the update's size) "
+                         "or data.max_length (now 100); the checkpoints written so far are intact")
+    assert assert_whole_run_folder(out, ended=True) == 2
 
 
 def test_translation_out_of_memory_halves_the_batch_and_still_translates_every_line(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from seq2seq.config import TokenizerConfig
-from seq2seq.errors import DataError
+from seq2seq.config import TokenizerConfig, from_dict
+from seq2seq.errors import ConfigError, DataError
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerCache, Tokenizers, train_tokenizers
 
 SPECIAL_PIECES = ["<pad>", "<unk>", "<s>", "</s>"]
@@ -41,6 +41,62 @@ def test_encoding_ordinary_text_never_yields_special_ids(tokenizers: Tokenizers,
 def test_an_unseen_character_becomes_unk(tokenizers: Tokenizers) -> None:
     (ids,) = tokenizers.src.encode(["cat €"])
     assert UNK_ID in ids
+
+
+UNSEEN = "naïve 東京 🙂"  # characters the synthetic corpus never has
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_unseen_characters_round_trip_with_byte_fallback(model_type: str, corpus: tuple[list[str], list[str]]) -> None:
+    tokenizer = Tokenizer.train(corpus[0], TokenizerConfig(vocab_size=1024, model_type=model_type))
+    texts = [UNSEEN, f"the cat sat in {UNSEEN}!", "Ünïcödé ÅÄÖ → ∞ ⚡ Ωμέγα"]  # NFKC leaves them as they are
+    encoded = tokenizer.encode(texts)
+    assert all(UNK_ID not in ids for ids in encoded)
+    assert tokenizer.decode(encoded) == texts
+    assert "<0xE6>" in tokenizer.pieces(encoded[0])  # 東 is E6 9D B1 in UTF-8
+
+
+def _has_byte_pieces(tokenizer: Tokenizer) -> bool:
+    return "<0x00>" in tokenizer.pieces(range(tokenizer.vocab_size))
+
+
+@pytest.mark.parametrize("cfg", [
+    TokenizerConfig(vocab_size=8000, byte_fallback=False),
+    TokenizerConfig(vocab_size=1023),                    # 256 byte pieces would crowd a small vocabulary
+    TokenizerConfig(vocab_size=100, model_type="bpe"),
+    TokenizerConfig(vocab_size=8000, model_type="char"),  # whole characters or words: no bytes
+    TokenizerConfig(vocab_size=8000, model_type="word"),
+], ids=["off", "unigram-1023", "bpe-100", "char", "word"])
+def test_byte_fallback_is_left_out_where_it_does_not_fit_and_unseen_characters_are_unk(
+    cfg: TokenizerConfig, corpus: tuple[list[str], list[str]],
+) -> None:
+    tokenizer = Tokenizer.train(corpus[0], cfg)
+    assert not _has_byte_pieces(tokenizer)
+    assert UNK_ID in tokenizer.encode([UNSEEN])[0]
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_byte_pieces_fit_under_the_soft_vocabulary_limit(model_type: str, corpus: tuple[list[str], list[str]]) -> None:
+    tokenizer = Tokenizer.train(corpus[0], TokenizerConfig(vocab_size=8000, model_type=model_type))
+    assert _has_byte_pieces(tokenizer) and 4 + 256 < tokenizer.vocab_size < 8000
+    assert tokenizer.decode(tokenizer.encode(corpus[0][:20])) == corpus[0][:20]
+
+
+def test_a_vocabulary_too_small_for_the_byte_pieces_says_so_and_how_to_do_without() -> None:
+    lines = ["".join(chr(0x4E00 + (line * 10 + i) % 800) for i in range(10)) for line in range(200)]  # 800 characters
+    with pytest.raises(DataError) as caught:
+        Tokenizer.train(lines, TokenizerConfig(vocab_size=1024))
+    assert str(caught.value) == (
+        "tokenizer.vocab_size 1024 is smaller than the 1061 pieces this text needs at least (its characters, the special "
+        "pieces and the 256 byte pieces of tokenizer.byte_fallback): raise --vocab-size, lower "
+        "tokenizer.character_coverage, or set tokenizer.byte_fallback=false")
+    assert not _has_byte_pieces(Tokenizer.train(lines, TokenizerConfig(vocab_size=1024, byte_fallback=False)))
+
+
+def test_byte_fallback_is_a_boolean_setting_and_older_configs_load_without_it() -> None:
+    assert from_dict({"tokenizer": {"vocab_size": 100}}).tokenizer.byte_fallback  # older configs: the default
+    with pytest.raises(ConfigError, match=r"^setting 'tokenizer.byte_fallback' must be bool, got 'yes'$"):
+        from_dict({"tokenizer": {"byte_fallback": "yes"}})
 
 
 def test_empty_text_encodes_to_no_ids(tokenizers: Tokenizers) -> None:
@@ -133,7 +189,8 @@ def test_everything_that_decides_a_model_decides_its_entry(
     lines, cfg = corpus[0][:100], TokenizerConfig(vocab_size=60)
     cut_elsewhere = [lines[0][:-1], lines[0][-1] + lines[1], *lines[2:]]  # the same text in as many lines
     variants = [(lines, cfg), (cut_elsewhere, cfg), ([*lines, lines[0]], cfg), (lines, replace(cfg, vocab_size=50)),
-                (lines, replace(cfg, model_type="bpe")), (lines, replace(cfg, character_coverage=0.99))]
+                (lines, replace(cfg, model_type="bpe")), (lines, replace(cfg, character_coverage=0.99)),
+                (lines, replace(cfg, vocab_size=1024)), (lines, replace(cfg, vocab_size=1024, byte_fallback=False))]
     cache = TokenizerCache(tmp_path)
     for variant_lines, variant_cfg in variants:
         Tokenizer.train(variant_lines, variant_cfg, cache)

@@ -100,3 +100,15 @@ def test_an_empty_validation_reference_is_refused_before_training_when_selecting
     with pytest.raises(DataError, match=r"valid.tgt:2: empty reference line"):
         training.train(broken, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_judged_by_exact_match_ends_by_naming_its_word_error_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.training_progress import TrainingReporter
+    from seq2seq.events import Finished
+
+    best = {"loss": 0.61, "ppl": 1.84, "exact": 64.78, "wer": 8.52, "cer": 5.54}
+    with TrainingReporter(TrainConfig(), quiet=False) as report:
+        report(Finished(2226, "max_time", Path("run/best.pt"), Path("run/last.pt"), best, "exact", 480.0))
+    line = capsys.readouterr().err.replace("\n", " ")
+    assert "best validation by exact: loss 0.61, exact 64.78, WER 8.52, CER 5.54 " \
+           "(word error rate 35.22%: lines not exactly right)" in line

@@ -111,3 +111,35 @@ def test_plain_lines_come_at_most_every_interval(model: Path, source: Path) -> N
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines()[-1].startswith("translated 12 lines (")  # only the summary
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_long_line_is_announced_with_its_cost_and_followed_step_by_step(
+    model: Path, source: Path, corpus: tuple[list[str], list[str]], every_line: None, tmp_path: Path,
+) -> None:
+    long_line = " ".join(corpus[0][:400])  # over LONG_LINE pieces
+    (tmp_path / "long.src").write_text(f"{corpus[0][0]}\n{long_line}\n", encoding="utf-8")
+    result = runner.invoke(app, ["translate", "-m", str(model), "-i", str(tmp_path / "long.src"), "--max-source-pieces",
+                                 "0", "--workers", "1", "-o", str(tmp_path / "long.out")])
+    assert result.exit_code == 0, result.output
+    announced = re.search(r"^warning: .*long\.src:2: ([\d,]+) pieces: its search may take up to ([\d,]+) steps and "
+                          r"about [\d.]+ GiB of memory$", result.stderr, re.MULTILINE)
+    assert announced, result.stderr
+    pieces, steps = (int(group.replace(",", "")) for group in announced.groups())
+    assert pieces >= 1000 and steps == 2 * (pieces + 1) + 3  # source + EOS, max_length_ratio 2.0, constant 3
+    followed = re.findall(r"^translated 0 lines; a long line: step ([\d,]+) of at most ([\d,]+)$", result.stderr,
+                          re.MULTILINE)
+    assert [done for done, _ in followed[:3]] == ["0", "1", "2"]
+    assert {most for _, most in followed} == {f"{steps:,}"}
+
+
+def test_the_memory_a_long_line_needs_grows_with_its_source_and_beam(tokenizers: Tokenizers) -> None:
+    from seq2seq.translation import search_memory
+
+    config = Config(model=ModelConfig(emb_dim=8, hidden_dim=16))
+    model = checkpoint.build_model(config, tokenizers)
+    search = SearchConfig()
+    one = search_memory(model, 10_000, search, rows=5)
+    assert search_memory(model, 20_000, search, rows=5) == pytest.approx(2 * one, rel=0.01)
+    assert search_memory(model, 10_000, search, rows=10) > 1.5 * one
+    # Bahdanau's attention runs a hidden-wide layer over every source position for every row
+    assert one >= 4 * 5 * 10_000 * 16
