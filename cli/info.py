@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from cli.console import user_errors
-
-if TYPE_CHECKING:
-    from seq2seq import Checkpoint
 
 EPILOG = """\
 \b
@@ -30,30 +27,14 @@ def info(
 ) -> None:
     """Show a model file's settings, vocabularies, size, training step, validation scores and versions."""
     with user_errors():
-        from seq2seq import config_toml, load_checkpoint
+        from seq2seq import config_toml, describe_checkpoint, load_checkpoint
 
         loaded = load_checkpoint(model)
-        facts = _facts(model, loaded)
+        facts = describe_checkpoint(model, loaded)
         if as_json:
             typer.echo(json.dumps(facts, indent=2))
         else:
             _render(facts, config_toml(loaded.config))
-
-
-def _facts(path: Path, loaded: Checkpoint) -> dict[str, Any]:
-    """Everything `info` shows, as plain values: the --json output. `info` is the checkpoint's own record, as saved."""
-    from seq2seq import config_dict
-
-    tokenizers = loaded.tokenizers
-    return {
-        "model": str(path),
-        "step": loaded.step,
-        "parameters": sum(param.numel() for param in loaded.model.parameters()),
-        "vocabulary": {"source": tokenizers.src.vocab_size, "target": tokenizers.tgt.vocab_size, "joint": tokenizers.joint},
-        "training_state": bool(loaded.training),
-        "info": loaded.info,
-        "config": config_dict(loaded.config),
-    }
 
 
 def _render(facts: dict[str, Any], config_toml: str) -> None:

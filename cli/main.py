@@ -38,9 +38,9 @@ def root(
 
 
 def _register() -> None:
-    from cli import average, info, plot, score, train, translate
+    from cli import average, info, plot, score, serve, train, translate
 
-    for module in (train, translate, score, average, info, plot):
+    for module in (train, translate, score, average, info, plot, serve):
         module.register(app)
 
 

@@ -20,11 +20,11 @@ Examples:
   seq2seq train --source train.de.gz --target train.en.gz \\
       --valid-source val.de.gz --valid-target val.en.gz --output runs/de-en --max-time 30
   seq2seq train --config data/recipes/multi30k.toml --source ... --output runs/de-en
-  seq2seq train --config my.toml --set model.dropout=0.2 --print-config
+  seq2seq train --config my.toml --set model.layer_dropout=0.2 --print-config
   seq2seq train --source train.de.gz ... --output runs/de-en --dry-run   # counts, coverage, time per epoch
-  seq2seq train --init-from runs/de-en/best.pt --source new.de --target new.en \
+  seq2seq train --init-from runs/de-en/best.pt --source new.de --target new.en \\
       --valid-source new-val.de --valid-target new-val.en --output runs/de-en-new --max-time 5   # fine-tune
-  seq2seq train --config my.toml --set train.accumulate=4 --set train.ema_decay=0.999 \
+  seq2seq train --config my.toml --set train.accumulate=4 --set train.ema_decay=0.999 \\
       --set tokenizer.sampling_alpha=0.1 --output runs/big   # 4 batches an update; averaged weights; sampled pieces
 
 Every setting lives in the config tree (see --print-config); flags and --set override the file.

@@ -33,6 +33,8 @@ _LAZY = {
     "SourceAttention": ("seq2seq.translation", "SourceAttention"),
     "TargetScore": ("seq2seq.scoring", "TargetScore"),
     "Ensemble": ("seq2seq.ensemble", "Ensemble"),
+    "Batcher": ("seq2seq.batching", "Batcher"),
+    "QueueFull": ("seq2seq.batching", "QueueFull"),
     # settings
     "Config": ("seq2seq.config", "Config"),
     "DataConfig": ("seq2seq.config", "DataConfig"),
@@ -63,6 +65,7 @@ _LAZY = {
     "Checkpoint": ("seq2seq.checkpoint", "Checkpoint"),
     "load_checkpoint": ("seq2seq.checkpoint", "load"),
     "save_checkpoint": ("seq2seq.checkpoint", "save"),
+    "describe_checkpoint": ("seq2seq.checkpoint", "describe"),
     "average_checkpoints": ("seq2seq.averaging", "average"),
     # scoring
     "METRICS": ("seq2seq.metrics", "METRICS"),
@@ -111,7 +114,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from seq2seq.allocator import reuse_freed_memory, small_kernel_cache
     from seq2seq.averaging import average as average_checkpoints
+    from seq2seq.batching import Batcher, QueueFull
     from seq2seq.checkpoint import Checkpoint
+    from seq2seq.checkpoint import describe as describe_checkpoint
     from seq2seq.checkpoint import load as load_checkpoint
     from seq2seq.checkpoint import save as save_checkpoint
     from seq2seq.config import Config, DataConfig, ModelConfig, SearchConfig, TokenizerConfig, TrainConfig, parse_override

@@ -119,6 +119,20 @@ def load(path: str | Path) -> Checkpoint:
     return loaded
 
 
+def describe(path: str | Path, loaded: Checkpoint) -> dict[str, Any]:
+    """What a model file holds, as plain values (`seq2seq info --json`, the server's GET /models): its own record, as saved."""
+    tokenizers = loaded.tokenizers
+    return {
+        "model": str(path),
+        "step": loaded.step,
+        "parameters": sum(param.numel() for param in loaded.model.parameters()),
+        "vocabulary": {"source": tokenizers.src.vocab_size, "target": tokenizers.tgt.vocab_size, "joint": tokenizers.joint},
+        "training_state": bool(loaded.training),
+        "info": loaded.info,
+        "config": to_dict(loaded.config),
+    }
+
+
 def _first_line(error: BaseException) -> str:
     """torch's messages can run over many lines; the user gets one."""
     text = str(error).strip()

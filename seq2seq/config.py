@@ -280,11 +280,11 @@ def from_dict(values: dict[str, Any]) -> Config:
         unknown_keys = [key for key in given if key not in hints]
         if unknown_keys:
             raise ConfigError(f"unknown setting '{name}.{unknown_keys[0]}' (known: {', '.join(hints)})")
-        sections[name] = cls(**{key: _coerce(value, hints[key], f"{name}.{key}") for key, value in given.items()})
+        sections[name] = cls(**{key: coerce(value, hints[key], f"{name}.{key}") for key, value in given.items()})
     return Config(**sections).validate()
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def coerce(value: Any, hint: Any, where: str) -> Any:
     """Check a value against a field's type; ints are accepted where floats are expected."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:

@@ -15,6 +15,7 @@ and the search underneath state their math alone. Translating then only runs the
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from seq2seq import checkpoint, devices
-from seq2seq.config import Config, SearchConfig
+from seq2seq.config import Config, SearchConfig, coerce
 from seq2seq.ensemble import Ensemble
 from seq2seq.errors import ConfigError
 from seq2seq.int8 import quantized_int8
@@ -38,6 +39,7 @@ from seq2seq.unknowns import UnknownCopier
 from seq2seq.workers import worker_count
 
 SEARCH_SETTINGS = tuple(field.name for field in dataclasses.fields(SearchConfig))
+SEARCH_TYPES = typing.get_type_hints(SearchConfig)
 
 
 def load(path: str | Path | Sequence[str | Path], *, weights: Sequence[float] | None = None,
@@ -68,7 +70,8 @@ def with_overrides(search: SearchConfig, overrides: dict[str, Any]) -> SearchCon
     unknown = sorted(set(overrides) - set(SEARCH_SETTINGS))
     if unknown:
         raise ConfigError(f"unknown search setting {unknown[0]!r}; the settings are {', '.join(SEARCH_SETTINGS)}")
-    search = replace(search, **{name: value for name, value in overrides.items() if value is not None})
+    search = replace(search, **{name: coerce(value, SEARCH_TYPES[name], f"search.{name}")
+                                for name, value in overrides.items() if value is not None})
     Config(search=search).validate()
     return search
 
@@ -123,9 +126,7 @@ class Translator:
         Linux). With sample=True, `nbest` is the number of samples per line. With `replace_unk`, each <unk> of an
         output becomes the source text it attended to most (`seq2seq.unknowns`). Every option is checked here,
         before any line is read."""
-        settings = self.settings(**search)
-        if nbest < 1 or (nbest > settings.beam_size and not settings.sample):
-            raise ConfigError(f"nbest must be from 1 to the beam size: got nbest {nbest} with beam_size {settings.beam_size}")
+        settings = self.call_settings(nbest, **search)
         if max_source_pieces < 0:
             raise ConfigError(f"max_source_pieces must be 0 (no limit) or more, got {max_source_pieces}")
         copier = UnknownCopier(self.model, self.tokenizers) if replace_unk else None
@@ -146,6 +147,13 @@ class Translator:
         pairs = zip_lines(sources, names[0], targets, names[1])
         return score(self.model, self.tokenizers, pairs, batch_size=self.search.batch_size,
                      precision=self.search.precision, chunk_lines=chunk_lines)
+
+    def call_settings(self, nbest: int = 1, **overrides: Any) -> SearchConfig:
+        """`settings(**overrides)` for a call asking for `nbest` outputs a line, checked before any line is read."""
+        settings = self.settings(**overrides)
+        if nbest < 1 or (nbest > settings.beam_size and not settings.sample):
+            raise ConfigError(f"nbest must be from 1 to the beam size: got nbest {nbest} with beam_size {settings.beam_size}")
+        return settings
 
     def settings(self, **overrides: Any) -> SearchConfig:
         """This translator's search settings with `overrides`; quantize is fixed when the translator is made."""
