@@ -61,8 +61,9 @@ def _rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         ("model file", facts["model"]),
         ("training step", f"{facts['step']:,}"),
         ("parameters", f"{facts['parameters']:,}"),
-        ("vocabulary", f"{vocab['source']:,} pieces, joint" if vocab["joint"]
-         else f"{vocab['source']:,} source pieces, {vocab['target']:,} target pieces"),
+        ("vocabulary", (f"{vocab['source']:,} pieces, joint" if vocab["joint"]
+                        else f"{vocab['source']:,} source pieces, {vocab['target']:,} target pieces")
+         + (", byte fallback" if vocab["byte_fallback"] else ", unknown characters become <unk>")),
     ]
     for metric, label in METRIC_LABELS.items():
         if f"valid_{metric}" in record:

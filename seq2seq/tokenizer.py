@@ -60,6 +60,11 @@ class Tokenizer:
         return self._sp.get_piece_size()
 
     @property
+    def byte_fallback(self) -> bool:
+        """Whether characters outside the vocabulary are spelled as byte pieces (instead of becoming <unk>)."""
+        return self._sp.is_byte(self._sp.piece_to_id("<0x00>"))
+
+    @property
     def processor(self) -> spm.SentencePieceProcessor:
         """The SentencePiece model itself, for what this wrapper does not do (sampling pieces: `seq2seq.subwords`)."""
         return self._sp

@@ -71,14 +71,14 @@ def test_byte_fallback_is_left_out_where_it_does_not_fit_and_unseen_characters_a
     cfg: TokenizerConfig, corpus: tuple[list[str], list[str]],
 ) -> None:
     tokenizer = Tokenizer.train(corpus[0], cfg)
-    assert not _has_byte_pieces(tokenizer)
+    assert not _has_byte_pieces(tokenizer) and not tokenizer.byte_fallback
     assert UNK_ID in tokenizer.encode([UNSEEN])[0]
 
 
 @pytest.mark.parametrize("model_type", ["unigram", "bpe"])
 def test_byte_pieces_fit_under_the_soft_vocabulary_limit(model_type: str, corpus: tuple[list[str], list[str]]) -> None:
     tokenizer = Tokenizer.train(corpus[0], TokenizerConfig(vocab_size=8000, model_type=model_type))
-    assert _has_byte_pieces(tokenizer) and 4 + 256 < tokenizer.vocab_size < 8000
+    assert _has_byte_pieces(tokenizer) and tokenizer.byte_fallback and 4 + 256 < tokenizer.vocab_size < 8000
     assert tokenizer.decode(tokenizer.encode(corpus[0][:20])) == corpus[0][:20]
 
 
