@@ -337,7 +337,9 @@ def _chunks(
     lines_before = 0
     while chunk := list(islice(lines, chunk_lines)):
         encoded = tokenizers.src.encode([line for line, _ in chunk])
-        prefixes = tokenizers.tgt.encode([prefix for _, prefix in chunk])
+        given = [prefix for _, prefix in chunk]
+        # each SentencePiece call has a fixed cost: none for a chunk without prefixes (the usual case)
+        prefixes = tokenizers.tgt.encode(given) if any(given) else [[] for _ in chunk]
         for offset, ids in enumerate(encoded):
             if max_source_pieces and len(ids) > max_source_pieces:
                 on_cut(lines_before + offset + 1, len(ids))

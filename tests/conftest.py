@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq.config import DataConfig, ModelConfig, TokenizerConfig
+from seq2seq import checkpoint
+from seq2seq.config import Config, DataConfig, ModelConfig, SearchConfig, TokenizerConfig
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizers, train_tokenizers
 
@@ -117,3 +118,12 @@ def make_model() -> ModelFactory:
         return model.eval()
 
     return build
+
+
+def save_untrained_model(path: Path, tokenizers: Tokenizers, search: SearchConfig, *, step: int = 1) -> Path:
+    """A tiny untrained model file (8-wide embeddings, 16 hidden units) with these search settings: for tests
+    where what a model says does not matter, only what the program does around it."""
+    config = Config(model=ModelConfig(emb_dim=8, hidden_dim=16), search=search)
+    torch.manual_seed(0)
+    checkpoint.save(path, config=config, tokenizers=tokenizers, model=checkpoint.build_model(config, tokenizers), step=step)
+    return path

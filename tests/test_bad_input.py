@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from seq2seq import checkpoint
-from seq2seq.config import Config, ModelConfig, SearchConfig
+from seq2seq.config import SearchConfig
 from seq2seq.tokenizer import Tokenizers
+from tests.conftest import save_untrained_model
 
 BAD = Path(__file__).parent / "data" / "bad"
 TEN, NINE = BAD / "ten-lines.txt", BAD / "nine-lines.txt"
@@ -51,12 +52,8 @@ def run(*args: str, stdin: str | bytes | None = None):
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory, tokenizers: Tokenizers) -> Path:
     """An untrained tiny model: what it says does not matter here, how many lines it says does."""
-    config = Config(model=ModelConfig(emb_dim=8, hidden_dim=16),
-                    search=SearchConfig(beam_size=2, batch_size=2, max_length_constant=3))
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    checkpoint.save(path, config=config, tokenizers=tokenizers, model=checkpoint.build_model(config, tokenizers), step=1)
-    return path
+    return save_untrained_model(
+        tmp_path_factory.mktemp("model") / "model.pt", tokenizers, SearchConfig(beam_size=2, batch_size=2, max_length_constant=3))
 
 
 # --- translate -------------------------------------------------------------------------------------

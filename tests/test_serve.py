@@ -16,8 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-import torch
 from typer.testing import CliRunner
 
 pytest.importorskip("starlette")
@@ -29,9 +27,10 @@ from cli.serve import _served  # noqa: E402
 from cli.serving import Limits, application  # noqa: E402
 from seq2seq import checkpoint  # noqa: E402
 from seq2seq.batching import Batcher  # noqa: E402
-from seq2seq.config import Config, ModelConfig, SearchConfig  # noqa: E402
+from seq2seq.config import SearchConfig  # noqa: E402
 from seq2seq.tokenizer import Tokenizers  # noqa: E402
 from seq2seq.translator import Translator  # noqa: E402
+from tests.conftest import save_untrained_model  # noqa: E402
 
 LIMITS = Limits(max_lines=20, max_line_chars=200, max_body_bytes=4_000, max_beam=8)
 
@@ -39,12 +38,8 @@ LIMITS = Limits(max_lines=20, max_line_chars=200, max_body_bytes=4_000, max_beam
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory, tokenizers: Tokenizers) -> Path:
     """An untrained tiny model with a beam of 3 and batches of 4, so that a round spans several batches."""
-    config = Config(model=ModelConfig(emb_dim=8, hidden_dim=16),
-                    search=SearchConfig(beam_size=3, batch_size=4, max_length_constant=3))
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    checkpoint.save(path, config=config, tokenizers=tokenizers, model=checkpoint.build_model(config, tokenizers), step=7)
-    return path
+    return save_untrained_model(
+        tmp_path_factory.mktemp("model") / "tiny.pt", tokenizers, SearchConfig(beam_size=3, batch_size=4, max_length_constant=3), step=7)
 
 
 @pytest.fixture(scope="module")

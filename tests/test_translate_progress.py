@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import cli.progress
@@ -22,6 +21,7 @@ from cli.main import app
 from seq2seq import checkpoint
 from seq2seq.config import Config, ModelConfig, SearchConfig
 from seq2seq.tokenizer import Tokenizers
+from tests.conftest import save_untrained_model
 
 runner = CliRunner()
 
@@ -29,11 +29,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory, tokenizers: Tokenizers) -> Path:
     """An untrained tiny model: what it says does not matter here, where it says it does."""
-    config = Config(model=ModelConfig(emb_dim=8, hidden_dim=16), search=SearchConfig(beam_size=2, batch_size=4, max_length_constant=3))
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    checkpoint.save(path, config=config, tokenizers=tokenizers, model=checkpoint.build_model(config, tokenizers), step=1)
-    return path
+    return save_untrained_model(
+        tmp_path_factory.mktemp("model") / "model.pt", tokenizers, SearchConfig(beam_size=2, batch_size=4, max_length_constant=3))
 
 
 @pytest.fixture(scope="module")
