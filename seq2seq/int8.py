@@ -29,7 +29,7 @@ class Int8Linear(nn.Module):
 
     torch's dynamic quantization scales each product's input by the range of the whole batch, so a
     sentence's rounding, and sometimes its translation, depended on the sentences beside it: 126 of
-    the 1,000 Multi30k test sentences came out differently at batch 64 and at batch 1 (bench/README.md).
+    the 1,000 Multi30k test sentences came out differently at batch 64 and at batch 1 (bench/CHOICES.md).
     Over a fixed range, each row is quantized on its own. The weights are quantized as torch does it:
     one symmetric scale for the layer.
     """

@@ -5,7 +5,7 @@ On a CPU, one process running its products on every core wastes much of them: th
 are small, and the step's other work (attention, log-softmax, the search's bookkeeping) is short, memory
 bound or single-threaded. On a 2-core machine, two processes of one thread each translated Multi30k's
 test set 1.2-1.3x faster than one process of two threads at batch 64, and up to 1.75x at batch 1
-(bench/README.md). Threads in one process gained 1.05x: the search's many small operations queue for
+(bench/CHOICES.md). Threads in one process gained 1.05x: the search's many small operations queue for
 Python's interpreter lock.
 
 The workers are forked, so they start in milliseconds and share the parent's model without copying
