@@ -1,15 +1,16 @@
 """An HTTP JSON API over translators (the optional `serve` extra: Starlette): what `seq2seq serve` runs, an
 application of the library as the commands are (`seq2seq.batching` does the batching, without HTTP).
 
-    POST /translate   {"text": ["Ein Hund rennt."], "beam_size": 4, "nbest": 2, "alignment": true}
+    GET  /            a page to try the models in a browser (`page.html`: no build step, nothing from elsewhere)
+    POST /translate   {"text": ["Ein Hund rennt."], "beam_size": 4, "nbest": 2, "alignment": true, "attention": true}
     GET  /models      each model's name, file, step, size, vocabulary and validation scores
     GET  /health      {"status": "ok"}
     GET  /openapi.json
 
-Every answer is JSON, errors too: {"error": "one line"} with 400 (a body that is not JSON text), 413 (over
-the server's limits), 422 (a wrong field, type or setting), 503 (too many lines waiting) or 500 (a bug,
-whose traceback goes to the server's log, never to the client). Each model's requests go through its
-own `Batcher`, closed when the application shuts down.
+Every answer but the page is JSON, errors too: {"error": "one line"} with 400 (a body that is not JSON text),
+413 (over the server's limits), 422 (a wrong field, type or setting), 503 (too many lines waiting, or a
+search's worker process died) or 500 (a bug, whose traceback goes to the server's log, never to the
+client). Each model's requests go through its own `Batcher`, closed when the application shuts down.
 """
 
 from __future__ import annotations
@@ -19,22 +20,26 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, NamedTuple
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from seq2seq import Batcher, ConfigError, QueueFull, Seq2SeqError, Translation
+from seq2seq import Batcher, ConfigError, OverLimit, QueueFull, Seq2SeqError, Translation, Translator, WorkerDied
 
 # The settings a request may give besides text and model; the rest of the search settings (batch_size,
 # precision, quantize) belong to the server, which loads the model with them.
 REQUEST_SETTINGS = ("beam_size", "length_penalty", "length_norm", "max_length_ratio", "max_length_constant",
                     "min_length", "no_repeat_ngram", "coverage_penalty", "sample", "temperature", "top_k", "top_p", "seed")
-OUTPUT_FIELDS = {"nbest": (int, 1), "alignment": (bool, False), "replace_unk": (bool, False)}
+OUTPUT_FIELDS = {"nbest": (int, 1), "alignment": (bool, False), "attention": (bool, False),
+                 "replace_unk": (bool, False)}
 FIELDS = ("text", "model", *OUTPUT_FIELDS, *REQUEST_SETTINGS)
+# The page's own script and style only, and requests to this server: a browser fetches nothing from elsewhere.
+PAGE_POLICY = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,16 @@ def application(models: Mapping[str, Served], limits: Limits = Limits()) -> Star
         for field, value in (("beam_size", fields.get("beam_size")), ("nbest", outputs["nbest"])):
             if isinstance(value, int) and value > limits.max_beam:
                 raise Refused(413, f"{field} {value} is over this server's limit of {limits.max_beam} (--max-beam)")
-        future = models[name].batcher.submit(lines, options=fields, **outputs)
+        batcher = models[name].batcher
+        # the batcher's alignment flag keeps each hypothesis's attention: the attention field needs it too
+        future = batcher.submit(lines, options=fields, nbest=outputs["nbest"], replace_unk=outputs["replace_unk"],
+                                alignment=outputs["alignment"] or outputs["attention"])
         results = await asyncio.wrap_future(future)
-        return JSONResponse({"model": name, "translations": [_translation(hyps, **outputs) for hyps in results]})
+        return JSONResponse({"model": name, "translations": [_translation(hyps, batcher.translator, **outputs)
+                                                             for hyps in results]})
+
+    async def page(request: Request) -> HTMLResponse:
+        return HTMLResponse(page_html, headers={"Content-Security-Policy": PAGE_POLICY})
 
     async def list_models(request: Request) -> JSONResponse:
         return JSONResponse({"models": [{"name": name, **served.facts} for name, served in models.items()]})
@@ -94,12 +106,15 @@ def application(models: Mapping[str, Served], limits: Limits = Limits()) -> Star
         for served in models.values():  # after the server's last request: what is queued is still answered
             await asyncio.to_thread(served.batcher.close)
 
-    routes = [Route("/translate", translate, methods=["POST"]), Route("/models", list_models),
+    page_html = resources.files("cli").joinpath("page.html").read_text(encoding="utf-8")
+    routes = [Route("/", page), Route("/translate", translate, methods=["POST"]), Route("/models", list_models),
               Route("/health", health), Route("/openapi.json", openapi)]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         Refused: lambda request, error: _error(error.status, str(error)),
         ConfigError: lambda request, error: _error(422, str(error)),
         QueueFull: lambda request, error: _error(503, str(error)),
+        OverLimit: lambda request, error: _error(413, str(error)),
+        WorkerDied: lambda request, error: _error(503, str(error)),
         Seq2SeqError: lambda request, error: _error(422, str(error)),
         HTTPException: lambda request, error: _error(error.status_code, error.detail),
         Exception: _internal_error,
@@ -170,12 +185,26 @@ def _typed(fields: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     return value
 
 
-def _translation(hypotheses: list[Translation], *, nbest: int, alignment: bool, replace_unk: bool) -> dict[str, Any]:
-    """One line's answer: the best translation's text and score, its alignment and the n-best if asked for."""
+def _translation(hypotheses: list[Translation], translator: Translator, *, nbest: int, alignment: bool, attention: bool,
+                 replace_unk: bool) -> dict[str, Any]:
+    """One line's answer: the best translation's text and score, its alignment, attention and the n-best if asked for."""
     def one(hyp: Translation) -> dict[str, Any]:
-        return {"text": hyp.text, "score": hyp.score, **({"alignment": hyp.alignment} if alignment else {})}
+        return {"text": hyp.text, "score": hyp.score, **({"alignment": hyp.alignment} if alignment else {}),
+                **({"attention": _attention(hyp, translator)} if attention else {})}
 
     return {**one(hypotheses[0]), **({"nbest": [one(hyp) for hyp in hypotheses]} if nbest > 1 else {})}
+
+
+def _attention(hyp: Translation, translator: Translator) -> dict[str, Any] | None:
+    """A hypothesis's attention as the page draws it: the weights (a row per target piece, a column per source
+    piece, rounded to 4 places) and both sides' pieces, each ending with the EOS the model wrote or read;
+    None for an empty line, which the model never read."""
+    if hyp.attention is None:
+        return None
+    tokenizers = translator.tokenizers
+    return {"source": [*tokenizers.src.pieces(hyp.attention.src_tokens), "</s>"],
+            "target": [*tokenizers.tgt.pieces(hyp.tokens), "</s>"],
+            "weights": [[round(weight, 4) for weight in row] for row in hyp.attention.weights.tolist()]}
 
 
 def openapi_document(model_names: list[str]) -> dict[str, Any]:
@@ -183,14 +212,22 @@ def openapi_document(model_names: list[str]) -> dict[str, Any]:
     number, boolean, integer = {"type": "number"}, {"type": "boolean"}, {"type": "integer"}
     setting_types = {"beam_size": integer, "length_norm": boolean, "max_length_constant": integer, "min_length": integer,
                      "no_repeat_ngram": integer, "sample": boolean, "top_k": integer, "seed": integer}
+    pieces = {"type": "array", "items": {"type": "string"}}
+    attention = {"type": ["object", "null"], "description": "with attention: true (null for an empty line)", "properties": {
+        "source": {**pieces, "description": "the source's pieces, then </s>"},
+        "target": {**pieces, "description": "the output's pieces, then </s>"},
+        "weights": {"type": "array", "items": {"type": "array", "items": number},
+                    "description": "a row per target piece, a column per source piece; each row sums to 1"}}}
     hypothesis = {"type": "object", "properties": {
         "text": {"type": "string"}, "score": {**number, "description": "natural-log probability of the output"},
         "alignment": {"type": "array", "items": {"type": "array", "items": integer, "minItems": 2, "maxItems": 2},
-                      "description": "(source piece, target piece) index pairs, with alignment: true"}}}
+                      "description": "(source piece, target piece) index pairs, with alignment: true"},
+        "attention": attention}}
     request = {"type": "object", "required": ["text"], "additionalProperties": False, "properties": {
         "text": {"type": "array", "items": {"type": "string"}},
         "model": {"type": "string", "enum": model_names, "default": model_names[0]},
         "nbest": {**integer, "default": 1}, "alignment": {**boolean, "default": False},
+        "attention": {**boolean, "default": False},
         "replace_unk": {**boolean, "default": False},
         **{name: setting_types.get(name, number) for name in REQUEST_SETTINGS}}}
     answer = {"type": "object", "properties": {"model": {"type": "string"}, "translations": {"type": "array", "items": {

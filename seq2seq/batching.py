@@ -1,9 +1,12 @@
 """Translating many small requests together: what `seq2seq serve` puts behind its HTTP API.
 
 Requests arriving within a short wait of each other are searched together, so a hundred one-line
-requests cost about what one hundred-line file does. One worker thread owns the model and runs every
-search (torch releases the GIL inside its operations, and a single owner needs no locks around the
-model); callers get a `concurrent.futures.Future` per request.
+requests cost about what one hundred-line file does. Searchers take rounds of queued requests: with one,
+a thread searching in this process (a single owner needs no locks around the model); with more, as many
+threads each handing its rounds to a forked worker process (`seq2seq.workers`), so that one round is
+searched while the next gathers, each on its share of the cores. A searcher forms its next round only
+once it is free, so the requests that came meanwhile go together. Callers get a
+`concurrent.futures.Future` per request.
 
 A request's result never depends on the requests it shares a round with: only requests with the
 same search settings, n-best, alignment and <unk> replacement are searched together, each group as
@@ -25,20 +28,26 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
 import torch
 
 from seq2seq.config import SearchConfig
-from seq2seq.errors import Seq2SeqError
-from seq2seq.translation import Translation
+from seq2seq.errors import Seq2SeqError, WorkerDied
+from seq2seq.translation import Translation, length_limits
 from seq2seq.translator import Translator
+from seq2seq.workers import WorkerPool, worker_count
 
 Results = list[list[Translation]]
 
 
 class QueueFull(Seq2SeqError):
     """More lines are waiting than the batcher holds, or it is closing: the caller should try again later."""
+
+
+class OverLimit(Seq2SeqError):
+    """A request asks for a longer search than the batcher allows (`max_output_pieces`)."""
 
 
 class Options(NamedTuple):
@@ -57,35 +66,45 @@ class Request(NamedTuple):
 
 
 class Batcher:
-    """A worker thread translating queued requests in rounds: it waits up to `max_wait_s` after a round's
+    """Searchers translating queued requests in rounds: a free searcher waits up to `max_wait_s` after a round's
     first request for more (less once a full batch of lines is waiting), then takes every request queued.
 
-    `max_queued_lines` bounds the lines waiting for the worker: `submit` refuses more with QueueFull.
-    `max_source_pieces` cuts longer lines, as `Translator.stream` does. `threads`, when not 0, sets torch's
-    threads (for the whole process): on a busy machine, fewer threads than cores keep torch's spinning
-    threads from starving the ones that read and answer requests.
+    `workers`: searchers, each but a lone one in its own forked process (0 = one per core on a Linux CPU, as
+    `seq2seq translate --workers`; 1 on a GPU). `threads`: torch threads for each search (0 = the cores shared
+    among the workers; with one searcher, torch's default), set for the whole process when it searches itself.
+    `max_queued_lines` bounds the lines waiting: `submit` refuses more with QueueFull. `max_source_pieces` cuts
+    longer lines, as `Translator.stream` does; `max_output_pieces` (0 = no limit) refuses with OverLimit a
+    request whose search could write more pieces for one of its lines.
     """
 
     def __init__(self, translator: Translator, *, max_wait_s: float = 0.01, max_queued_lines: int = 10_000,
-                 max_source_pieces: int = 0, threads: int = 0) -> None:
-        if threads:
-            torch.set_num_threads(threads)
+                 max_source_pieces: int = 0, max_output_pieces: int = 0, threads: int = 0, workers: int = 1) -> None:
         self.translator = translator
         self.max_wait_s = max_wait_s
         self.max_queued_lines = max_queued_lines
         self.max_source_pieces = max_source_pieces
+        self.max_output_pieces = max_output_pieces
+        self.workers = worker_count(workers, translator.device)
+        self._threads = threads or (max(1, torch.get_num_threads() // self.workers) if self.workers > 1 else 0)
+        if self.workers == 1 and self._threads:
+            torch.set_num_threads(self._threads)
+        self._pool = self._new_pool()
         self._queue: deque[Request] = deque()
         self._queued_lines = 0
         self._closed = False
         self._changed = threading.Condition()
-        self._worker = threading.Thread(target=self._work, name="seq2seq-batcher", daemon=True)
-        self._worker.start()
+        self._searchers = [threading.Thread(target=self._work, name=f"seq2seq-batcher-{number}", daemon=True)
+                           for number in range(self.workers)]
+        for searcher in self._searchers:
+            searcher.start()
 
     def submit(self, lines: Sequence[str], *, nbest: int = 1, alignment: bool = False, replace_unk: bool = False,
                options: dict[str, Any] | None = None) -> Future:
         """Queue `lines` for translation with search settings `options` (checked now: a ConfigError names a bad
-        one); the future's result is what `Translator.translate` returns for them."""
+        one, an OverLimit a line over `max_output_pieces`); the future's result is what `Translator.translate`
+        returns for them."""
         settings = self.translator.call_settings(nbest, **(options or {}))
+        self._check_output_lengths(lines, settings)
         request = Request(list(lines), Options(settings, nbest, alignment, replace_unk), Future())
         with self._changed:
             if self._closed:
@@ -94,15 +113,41 @@ class Batcher:
                 raise QueueFull(f"{self._queued_lines:,} lines are waiting to be translated; try again shortly")
             self._queue.append(request)
             self._queued_lines += len(request.lines)
-            self._changed.notify()
+            self._changed.notify_all()  # a searcher gathering a round, and any other free one
         return request.future
 
+    def output_pieces(self, source_pieces: int, settings: SearchConfig) -> int:
+        """The most pieces (end of sentence not counted) a search with `settings` may write for a line of
+        `source_pieces` pieces, once cut to `max_source_pieces`: the search's own length limit."""
+        if self.max_source_pieces:
+            source_pieces = min(source_pieces, self.max_source_pieces)
+        return int(length_limits(torch.tensor([source_pieces + 1]), settings)) - 1
+
+    def _check_output_lengths(self, lines: Sequence[str], settings: SearchConfig) -> None:
+        """Refuse lines whose search could run past `max_output_pieces`; the lines are read only when the
+        longest line the batcher lets through could."""
+        limit = self.max_output_pieces
+        if not limit or (self.max_source_pieces and self.output_pieces(self.max_source_pieces, settings) <= limit):
+            return
+        for number, ids in enumerate(self.translator.tokenizers.src.encode(list(lines))):
+            if ids and (most := self.output_pieces(len(ids), settings)) > limit:
+                raise OverLimit(f"line {number}'s output may run to {most:,} pieces with max_length_ratio "
+                                f"{settings.max_length_ratio:g}, max_length_constant {settings.max_length_constant} "
+                                f"and min_length {settings.min_length}; the limit is {limit:,} (--max-output-pieces)")
+
     def close(self) -> None:
-        """Refuse new requests, finish those queued, and wait for the worker to end."""
+        """Refuse new requests, finish those queued, and wait for the searchers to end."""
         with self._changed:
             self._closed = True
-            self._changed.notify()
-        self._worker.join()
+            self._changed.notify_all()
+        for searcher in self._searchers:
+            searcher.join()
+        if self._pool is not None:
+            self._pool.close()
+
+    def _new_pool(self) -> WorkerPool | None:
+        """The worker processes that search, when there is more than one searcher."""
+        return WorkerPool(self._translate_here, self.workers, self._threads) if self.workers > 1 else None
 
     def _work(self) -> None:
         while round_ := self._next_round():
@@ -115,28 +160,26 @@ class Batcher:
                 self._search(group)
 
     def _next_round(self) -> list[Request]:
-        """The requests of the next round; empty once closed and drained."""
+        """The requests of this searcher's next round; empty once closed and drained."""
         with self._changed:
-            while not self._queue and not self._closed:
-                self._changed.wait()
-            deadline = time.monotonic() + self.max_wait_s
-            while (not self._closed and self._queued_lines < self.translator.search.batch_size
-                   and (left := deadline - time.monotonic()) > 0):
-                self._changed.wait(left)
-            round_ = list(self._queue)
-            self._queue.clear()
-            self._queued_lines = 0
-            return round_
+            while True:
+                while not self._queue and not self._closed:
+                    self._changed.wait()
+                deadline = time.monotonic() + self.max_wait_s
+                while (not self._closed and self._queued_lines < self.translator.search.batch_size
+                       and (left := deadline - time.monotonic()) > 0):
+                    self._changed.wait(left)
+                if self._queue or self._closed:  # else another searcher took them meanwhile
+                    round_ = list(self._queue)
+                    self._queue.clear()
+                    self._queued_lines = 0
+                    return round_
 
     def _search(self, group: list[Request]) -> None:
         """Translate a group's lines in one call and hand each request its share. Should the call fail with a
         user error (a line the model cannot take), each request is translated alone, so only its own fails."""
-        options = group[0].options
         try:
-            results = self.translator.translate(
-                [line for request in group for line in request.lines], nbest=options.nbest,
-                attention=options.alignment, replace_unk=options.replace_unk,
-                max_source_pieces=self.max_source_pieces, **dataclasses.asdict(options.settings))
+            results = self._translate([line for request in group for line in request.lines], group[0].options)
         except Seq2SeqError as error:
             if len(group) > 1:
                 for request in group:
@@ -152,3 +195,25 @@ class Batcher:
         for request in group:
             request.future.set_result(results[start : start + len(request.lines)])
             start += len(request.lines)
+
+    def _translate(self, lines: list[str], options: Options) -> Results:
+        """`lines` translated here or by a worker process. Should a worker die (killed, most often for lack of
+        memory), the workers are started afresh and the lines searched again, once; then WorkerDied."""
+        if self._pool is None:
+            return self._translate_here((lines, options))
+        for _ in range(2):
+            pool = self._pool
+            try:
+                return pool.result(pool.submit((lines, options)))
+            except (WorkerDied, BrokenProcessPool):
+                with self._changed:
+                    if self._pool is pool:  # the first searcher to find it broken replaces it
+                        pool.close()
+                        self._pool = self._new_pool()
+        raise WorkerDied(f"a worker process died twice searching {len(lines):,} lines (killed for lack of memory?)")
+
+    def _translate_here(self, work: tuple[list[str], Options]) -> Results:
+        lines, options = work
+        return self.translator.translate(lines, nbest=options.nbest, attention=options.alignment,
+                                         replace_unk=options.replace_unk, max_source_pieces=self.max_source_pieces,
+                                         **dataclasses.asdict(options.settings))

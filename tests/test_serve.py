@@ -4,6 +4,7 @@ JSON line with its status, and SIGTERM lets the requests in flight finish."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from cli.main import app  # noqa: E402
 from cli.serve import _served  # noqa: E402
 from cli.serving import Limits, application  # noqa: E402
 from seq2seq import checkpoint  # noqa: E402
-from seq2seq.batching import Batcher  # noqa: E402
+from seq2seq.batching import Batcher, OverLimit  # noqa: E402
 from seq2seq.config import SearchConfig  # noqa: E402
 from seq2seq.tokenizer import Tokenizers  # noqa: E402
 from seq2seq.translator import Translator  # noqa: E402
@@ -231,3 +232,99 @@ def _wait_until_up(port: int, server: subprocess.Popen, timeout_s: float = 60) -
         except OSError:
             time.sleep(0.2)
     raise AssertionError(f"the server did not answer on port {port} within {timeout_s} s")
+
+
+# --max-output-pieces: the tiny model's length limit for a line of p source pieces is 2 x (p + 1) + 3 pieces, its
+# end of sentence included (max_length_ratio 2, max_length_constant 3): 2 x (p + 1) + 2 output pieces.
+def _most_output_pieces(translator: Translator, line: str, ratio: float = 2.0, constant: int = 3) -> int:
+    pieces = len(translator.tokenizers.src.encode([line])[0])
+    return int(ratio * (pieces + 1) + constant) - 1
+
+
+def test_max_output_pieces_refuses_a_request_whose_search_could_write_more(model_path: Path, lines: list[str]) -> None:
+    translator = Translator(*_loaded(model_path), device="cpu")
+    line = max(lines, key=len)
+    most = _most_output_pieces(translator, line)
+    batcher = Batcher(translator, max_output_pieces=most, max_source_pieces=400)
+    answered = batcher.submit(["", line], nbest=2).result(timeout=30)  # the model's settings reach the cap exactly
+    assert [[(hyp.text, hyp.tokens) for hyp in hyps] for hyps in answered] == \
+        [[(hyp.text, hyp.tokens) for hyp in hyps] for hyps in translator.translate(["", line], nbest=2)]
+    assert max(len(hyp.tokens) for hyps in answered for hyp in hyps) <= most
+    asks = {"max_length_constant": (4, most + 1), "max_length_ratio": (2.5, _most_output_pieces(translator, line, 2.5)),
+            "min_length": (most + 1, most + 1)}
+    for setting, (value, pieces) in asks.items():
+        with pytest.raises(OverLimit, match=rf"^line 1's output may run to {pieces} pieces .* the limit is {most} "):
+            batcher.submit(["", line], options={setting: value})
+    batcher.close()
+
+
+def test_max_output_pieces_counts_a_long_line_as_max_source_pieces_cuts_it(model_path: Path, lines: list[str]) -> None:
+    translator = Translator(*_loaded(model_path), device="cpu")
+    long_line = " ".join(lines)
+    cut, tighter, whole = (Batcher(translator, max_source_pieces=source, max_output_pieces=output)
+                           for source, output in ((2, 2 * 3 + 2), (2, 2 * 3 + 1), (0, 2 * 3 + 2)))
+    assert cut.submit([long_line]).result(timeout=30)[0][0].text == \
+        translator.translate([long_line], max_source_pieces=2)[0][0].text
+    with pytest.raises(OverLimit, match="^line 0's output may run to 8 pieces"):
+        tighter.submit([long_line])
+    with pytest.raises(OverLimit, match=f"^line 0's output may run to {_most_output_pieces(translator, long_line)} "):
+        whole.submit([long_line])
+    for batcher in (cut, tighter, whole):
+        batcher.close()
+
+
+def test_a_request_over_max_output_pieces_gets_413(model_path: Path, lines: list[str]) -> None:
+    served = _served(model_path, device="cpu", max_wait_s=0, max_queued_lines=30, max_source_pieces=400,
+                     max_output_pieces=100)
+    with TestClient(application({"tiny": served}, LIMITS)) as capped:
+        assert capped.post("/translate", json={"text": lines[:2], "max_length_constant": 20}).status_code == 200
+        answer = capped.post("/translate", json={"text": lines[:2], "max_length_constant": 101})
+    assert answer.status_code == 413
+    assert answer.json()["error"].startswith("line 0's output may run to ") and "(--max-output-pieces)" in answer.json()["error"]
+
+
+class ElsewhereTranslator(Translator):
+    """A translator that fails when it searches in the process that made it: its batcher's workers must."""
+
+    parent = 0  # the pid of the process that made it
+
+    def translate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert os.getpid() != self.parent, "searched in the server's own process"
+        return super().translate(*args, **kwargs)
+
+
+def test_workers_search_in_their_own_processes_as_the_library_does(model_path: Path, lines: list[str]) -> None:
+    translator = ElsewhereTranslator(*_loaded(model_path, **ROUND_WAITS), device="cpu")
+    translator.parent = os.getpid()
+    batcher = Batcher(translator, workers=2, max_wait_s=0.05)
+    asks = [dict(), dict(options={"beam_size": 1}), dict(nbest=2, alignment=True), dict(options={"sample": True})]
+    futures = [(lines[start : start + 3], ask, batcher.submit(lines[start : start + 3], **ask))
+               for start in range(0, 12, 3) for ask in asks]
+    results = [(chunk, ask, future.result(timeout=60)) for chunk, ask, future in futures]
+    batcher.close()
+    reference = Translator(*_loaded(model_path), device="cpu")
+    for chunk, ask, got in results:
+        alone = reference.translate(chunk, nbest=ask.get("nbest", 1), attention=ask.get("alignment", False),
+                                    **ask.get("options", {}))
+        assert [[(hyp.text, round(hyp.score, 4), hyp.alignment) for hyp in hyps] for hyps in got] == \
+            [[(hyp.text, round(hyp.score, 4), hyp.alignment) for hyp in hyps] for hyps in alone]
+
+
+def _children() -> set[int]:
+    return {int(pid) for task in Path(f"/proc/{os.getpid()}/task").iterdir()
+            for pid in (task / "children").read_text().split()}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker processes are forked on Linux")
+def test_a_worker_process_killed_is_replaced_and_its_lines_searched_again(model_path: Path, lines: list[str]) -> None:
+    translator = Translator(*_loaded(model_path), device="cpu")
+    before = _children()
+    batcher = Batcher(translator, workers=2, max_wait_s=0)
+    workers = _children() - before
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    answered = batcher.submit(lines[:3]).result(timeout=60)
+    assert [hyps[0].text for hyps in answered] == [hyps[0].text for hyps in translator.translate(lines[:3])]
+    assert len(_children() - before - workers) == 2
+    batcher.close()
