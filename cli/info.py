@@ -57,11 +57,15 @@ def _rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) lines of the summary; info keys this version does not know are listed as they are."""
     record = dict(facts["info"])
     vocab = facts["vocabulary"]
+    model = facts["config"]["model"]
+    kind = "translation (encoder-decoder)" if not model["language_model"] else \
+        "language model (a decoder alone: scores and continues target text; no source)"
     rows = [
         ("model file", facts["model"]),
+        ("kind", f"{kind}, {model['cell'].upper()}, {model['layers']} x {model['hidden_dim']}"),
         ("training step", f"{facts['step']:,}"),
         ("parameters", f"{facts['parameters']:,}"),
-        ("vocabulary", (f"{vocab['source']:,} pieces, joint" if vocab["joint"]
+        ("vocabulary", (f"{vocab['source']:,} pieces" + ("" if model["language_model"] else ", joint") if vocab["joint"]
                         else f"{vocab['source']:,} source pieces, {vocab['target']:,} target pieces")
          + (", byte fallback" if vocab["byte_fallback"] else ", unknown characters become <unk>")),
     ]

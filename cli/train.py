@@ -24,6 +24,7 @@ Examples:
   seq2seq train --source train.de.gz ... --output runs/de-en --dry-run   # counts, coverage, time per epoch
   seq2seq train --init-from runs/de-en/best.pt --source new.de --target new.en \\
       --valid-source new-val.de --valid-target new-val.en --output runs/de-en-new --max-time 5   # fine-tune
+  seq2seq train --target train.en --valid-target valid.en --output runs/lm   # no source: a language model
   seq2seq train --config my.toml --set train.accumulate=4 --set train.ema_decay=0.999 \\
       --set tokenizer.sampling_alpha=0.1 --output runs/big   # 4 batches an update; averaged weights; sampled pieces
 
@@ -35,7 +36,7 @@ Opt = typer.Option
 
 def train(
     source: Annotated[str | None, Opt(help="Training source file (plain or .gz, one sentence a line).", rich_help_panel="Data")] = None,
-    target: Annotated[str | None, Opt(help="Training target file, parallel to --source.", rich_help_panel="Data")] = None,
+    target: Annotated[str | None, Opt(help="Training target file, parallel to --source; alone (no --source), the text a language model learns.", rich_help_panel="Data")] = None,
     valid_source: Annotated[str | None, Opt(help="Validation source file.", rich_help_panel="Data")] = None,
     valid_target: Annotated[str | None, Opt(help="Validation target file (the reference of the validation scores).", rich_help_panel="Data")] = None,
     output: Annotated[Path | None, Opt("--output", "-o", help="Run folder for checkpoints, metrics and config.", rich_help_panel="Data")] = None,
@@ -65,7 +66,7 @@ def train(
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --output.")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print errors only.")] = False,
 ) -> None:
-    """Train SentencePiece and an attention LSTM on parallel text; keep best.pt and last.pt."""
+    """Train SentencePiece and an attention LSTM on parallel text (or a language model on text alone); keep best.pt and last.pt."""
     with user_errors():
         import seq2seq
 
@@ -154,13 +155,24 @@ def _preview_rows(preview: TrainingPreview, cfg: Config, output: Path, *, cached
                   else f"{preview.src_vocab:,} source pieces ({kinds.model_type}), {preview.tgt_vocab:,} target pieces "
                        f"({kinds.target_model_type or kinds.model_type})")
     too_long = f"{stats.too_long:,} skipped as over {limit:,} pieces (data.max_length)" if limit else "no length limit"
+    if cfg.model.language_model:  # target text alone: no pairs, no source side
+        texts = ("training text", f"{preview.train_lines:,} lines: {stats.kept:,} kept, {stats.empty:,} empty skipped, {too_long}")
+        valid = ("validation text", f"{preview.valid_lines:,} lines ({preview.valid_empty:,} empty), for a language model")
+        unknown = ("validation <unk>", f"{preview.tgt_unknown:.2%} of pieces")
+        characters = ("unseen characters", f"{unseen(preview.tgt_unseen)} (in validation, not in training)")
+        vocabulary = f"{preview.tgt_vocab:,} pieces ({kinds.model_type})"
+    else:
+        texts = ("training pairs", f"{preview.train_lines:,} lines: {stats.kept:,} kept, {stats.empty:,} skipped with an empty side, {too_long}")
+        valid = ("validation pairs", f"{preview.valid_lines:,} lines ({preview.valid_empty:,} with an empty side)")
+        unknown = ("validation <unk>", f"source {preview.src_unknown:.2%}, target {preview.tgt_unknown:.2%} of pieces")
+        characters = ("unseen characters", f"source {unseen(preview.src_unseen)}; target {unseen(preview.tgt_unseen)} "
+                                           "(in validation, not in training)")
     return [
-        ("training pairs", f"{preview.train_lines:,} lines: {stats.kept:,} kept, {stats.empty:,} skipped with an empty side, {too_long}"),
-        ("validation pairs", f"{preview.valid_lines:,} lines ({preview.valid_empty:,} with an empty side)"),
+        texts,
+        valid,
         ("vocabulary", vocabulary + ("; from the tokenizer cache" if cached else "")),
-        ("validation <unk>", f"source {preview.src_unknown:.2%}, target {preview.tgt_unknown:.2%} of pieces"),
-        ("unseen characters", f"source {unseen(preview.src_unseen)}; target {unseen(preview.tgt_unseen)} "
-                              "(in validation, not in training)"),
+        unknown,
+        characters,
         ("parameters", f"{preview.parameters:,}"),
         ("batches", f"{preview.batches_per_epoch:,} an epoch (train.batch_tokens = {cfg.train.batch_tokens:,})"
          if cfg.train.accumulate == 1 else f"{preview.batches_per_epoch:,} updates an epoch, each of {cfg.train.accumulate} "

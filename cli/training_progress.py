@@ -57,8 +57,10 @@ class TrainingReporter:
                 say(f"tokenizer: from the cache ({', '.join(map(str, event.cached_tokenizers))}), trained there before "
                     "on the same lines and settings")
             per_update = f" ({self.settings.accumulate} batches each)" if self.settings.accumulate > 1 else ""
-            say(f"data: {stats.kept:,} training pairs ({stats.empty:,} empty and {stats.too_long:,} too long skipped), "
-                f"{event.valid_pairs:,} validation pairs; vocabulary {event.src_vocab:,} source / {event.tgt_vocab:,} target; "
+            units, vocabulary = (("lines", f"{event.tgt_vocab:,}") if event.language_model
+                                 else ("pairs", f"{event.src_vocab:,} source / {event.tgt_vocab:,} target"))
+            say(f"data: {stats.kept:,} training {units} ({stats.empty:,} empty and {stats.too_long:,} too long skipped), "
+                f"{event.valid_pairs:,} validation {units}; vocabulary {vocabulary}; "
                 f"{event.parameters:,} parameters; {event.batches_per_epoch:,} updates an epoch{per_update}")
             if event.started_from:
                 say(f"fine-tuning {started_from(event.started_from)}: its weights and tokenizers, a new optimizer, "
@@ -92,6 +94,8 @@ class TrainingReporter:
             self.progress.update(self.task, completed=BAR_UNITS)
             self.stop()
             best = ", ".join(f"{_label(name)} {value:.2f}" for name, value in event.best.items() if name != "ppl")
+            if event.metric == "loss" and "ppl" in event.best:
+                best += f" (perplexity {event.best['ppl']:.2f})"
             if "exact" in event.best:  # a word per line (G2P, transliteration): the word error rate is the lines missed
                 best += f" (word error rate {100 - event.best['exact']:.2f}%: lines not exactly right)"
             say(f"finished after {event.step:,} steps ({event.reason.replace('_', ' ')}, {event.elapsed / 60:.1f} min); "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -15,7 +15,8 @@ import typer
 from cli.console import say, user_errors
 
 if TYPE_CHECKING:
-    from seq2seq import SearchConfig, TargetScore, Translation, Translator
+    from seq2seq import Perplexity, SearchConfig, Shard, TargetScore, Translation, Translator
+    from cli.progress import LineProgress
 
 EPILOG = """\
 \b
@@ -30,6 +31,8 @@ Examples:
   seq2seq translate -m runs/de-en/best.pt -i test.de --score-target test.en   # log-probability of each line
   seq2seq translate -m runs/de-en/best.pt --sample --nbest 5 --top-p 0.9 --seed 1 < test.de
   seq2seq translate -m runs/de-en/best.pt -i test.de --prefix starts.en  # outputs begin with these lines
+  seq2seq translate -m runs/lm/best.pt --score-target valid.en    # a language model: log-probabilities, perplexity
+  seq2seq translate -m runs/lm/best.pt --sample --seed 1 -i prompts.en   # a sample continuing each line
 
 Scores are the model's log-probability of the output pieces plus EOS (natural log), before any
 length penalty. Alignments pair 0-based source-target SentencePiece piece indices (fast_align /
@@ -78,7 +81,7 @@ def translate(
     quiet: Annotated[bool, Opt("--quiet", "-q", help="Print errors only.")] = False,
 ) -> None:
     """Translate lines from a file or stdin with a trained model."""
-    with user_errors():
+    with user_errors(), _shard(input_path, output_path, device, score_target=score_target, sample=sample) as shard:
         import seq2seq
 
         from cli.progress import LineProgress
@@ -87,58 +90,117 @@ def translate(
         _check_scoring_options(score_target, per_token, nbest=nbest, sample=sample, prefix=prefix, alignment=alignment,
                                attention_plot=attention_plot, replace_unk=replace_unk)
         translator = seq2seq.load(
-            model, weights=_weights(weights), device=device, beam_size=beam_size, batch_size=batch_size,
+            model, weights=_weights(weights), device=shard.device(device), beam_size=beam_size, batch_size=batch_size,
             length_penalty=length_penalty, length_norm=length_norm or None, max_length_ratio=max_length_ratio,
             max_length_constant=max_length_constant, min_length=min_length, precision=precision, quantize=quantize,
             no_repeat_ngram=no_repeat_ngram, coverage_penalty=coverage_penalty, sample=sample or None,
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        input_path = _lines_read(translator, input_path, score_target)
         interactive = input_path == "-" and sys.stdin.isatty()
         if interactive and not quiet:
-            say("reading lines from the terminal; each is translated when entered (Ctrl-D to finish)")
+            say(f"reading lines from the terminal; each is {'continued' if translator.language_model else 'translated'} when entered (Ctrl-D to finish)")
         warn = (lambda message: None) if quiet else (lambda message: say(f"warning: {message}"))
         lines, total = seq2seq.source_lines(input_path, on_invalid=warn)
+        lines, share, first = shard.take(lines, total)
         name = seq2seq.display_name(input_path)
         # Translations scrolling on the terminal are their own progress; typed input has no "how far".
-        progress = LineProgress(total, enabled=not (quiet or interactive or (output_path == "-" and sys.stdout.isatty())))
+        progress = LineProgress(share, enabled=not (quiet or interactive or (output_path == "-" and sys.stdout.isatty())))
+        perplexity = seq2seq.Perplexity()
         if score_target is not None:
-            results = ([scored] for scored in translator.score_stream(
-                lines, seq2seq.iter_lines(score_target), chunk_lines=1 if interactive else None,
-                names=(name, seq2seq.display_name(score_target))))
+            results = _scores(translator, lines, score_target, name, perplexity, interactive=interactive)
             render = partial(_render_score, per_token=per_token)
         else:
             results = translator.stream(
                 lines, nbest=nbest, chunk_lines=1 if interactive else None, attention=alignment or attention_plot is not None,
                 max_source_pieces=max_source_pieces, workers=workers, replace_unk=replace_unk,
-                prefixes=seq2seq.iter_lines(prefix) if prefix is not None else None, on_step=progress.step,
-                **_long_line_warnings(name, max_source_pieces, warn))
+                prefixes=_prefixes(prefix, shard, total, name), on_step=progress.step,
+                **_long_line_warnings(name, max_source_pieces, warn, first=first))
             render = partial(_render, nbest=nbest, scores=scores, alignment=alignment)
-        draw = _attention_drawer(attention_plot, translator, name)
-
-        def after(index: int, hypotheses: list[Translation]) -> None:
-            draw(index, hypotheses)
-            progress.advance()
-
+        after = _then_advance(_attention_drawer(attention_plot, translator, name), progress)
         start = time.perf_counter()
-        with progress, _opened(output_path) as out:
-            count, pieces = _write(results, out, after=after, render=render)
+        with progress, _opened(output_path, shard) as out:
+            count, pieces = _write(results, out, after=after, render=render, first=first)
+        count, pieces = shard.sum(count, pieces)
         if not quiet and not interactive:
-            _summary(count, pieces, time.perf_counter() - start, translator.search, scoring=score_target is not None)
+            _summary(count, pieces, time.perf_counter() - start, translator.search, perplexity=None if score_target is None else perplexity)
 
 
-def _long_line_warnings(name: str, max_source_pieces: int, warn: Callable[[str], None]) -> dict[str, Callable]:
-    """What the user is told of a line cut to --max-source-pieces, and of a line long enough to search for a while."""
+def _long_line_warnings(name: str, max_source_pieces: int, warn: Callable[[str], None], *,
+                        first: int) -> dict[str, Callable]:
+    """What the user is told of a line cut to --max-source-pieces, and of a line long enough to search for a while
+    (the translator numbers the lines it is given: `first` lines of the input come before them)."""
     return dict(
-        on_cut=lambda number, pieces: warn(f"{name}:{number}: {pieces:,} pieces long; only the first "
+        on_cut=lambda number, pieces: warn(f"{name}:{first + number}: {pieces:,} pieces long; only the first "
                                            f"{max_source_pieces:,} are translated (--max-source-pieces)"),
-        on_long_line=lambda line: warn(f"{name}:{line.number}: {line.pieces:,} pieces: its search may take up to "
-                                       f"{line.steps:,} steps and about {line.memory / 2**30:.1f} GiB of memory"))
+        on_long_line=lambda line: warn(f"{name}:{first + line.number}: {line.pieces:,} pieces: its search may take up "
+                                       f"to {line.steps:,} steps and about {line.memory / 2**30:.1f} GiB of memory"))
 
 
-def _summary(count: int, pieces: int, seconds: float, search: SearchConfig, *, scoring: bool) -> None:
-    """The closing line: how many lines, how fast, and how the outputs were made."""
+@contextmanager
+def _shard(input_path: str, output_path: str, device: str, **unsplittable: object) -> Iterator[Shard]:
+    """This process's share of the input: all of it, or under torchrun one block of lines (`seq2seq.sharding`).
+    `unsplittable`: the options refused there, by name (--sample draws by line number, --score-target sums a
+    perplexity)."""
+    from seq2seq import translation_shard
+
+    given = {"--" + name.replace("_", "-"): value is not None and value is not False for name, value in unsplittable.items()}
+    with translation_shard(input_path, output_path, device, unsplittable=given) as shard:
+        yield shard
+
+
+def _prefixes(prefix: str | None, shard: Shard, total: int | None, input_name: str) -> Iterable[str] | None:
+    """The --prefix lines of this process's input lines: streamed, or this rank's block of them."""
+    from seq2seq import iter_lines
+
+    if prefix is None:
+        return None
+    if not shard.is_split or total is None:
+        return iter_lines(prefix)
+    return shard.paired(prefix, total, input_name)
+
+
+def _then_advance(draw: Callable[[int, list[Translation]], None], progress: LineProgress) -> Callable[[int, list[Translation]], None]:
+    """What follows each written line: its attention picture, if any, then a step of the progress."""
+    def after(index: int, hypotheses: list[Translation]) -> None:
+        draw(index, hypotheses)
+        progress.advance()
+
+    return after
+
+
+def _lines_read(translator: Translator, input_path: str, score_target: str | None) -> str:
+    """What the command reads line by line: the input, or a language model's --score-target (it has no source)."""
+    from seq2seq import ConfigError
+
+    if not (translator.language_model and score_target is not None):
+        return input_path
+    if input_path != "-":
+        raise ConfigError("a language model reads no source: --score-target FILE alone scores FILE's lines (drop --input)")
+    return score_target
+
+
+def _scores(translator: Translator, lines: Iterator[str], score_target: str, name: str, perplexity: Perplexity, *,
+            interactive: bool) -> Iterator[list[TargetScore]]:
+    """The score of each line of --score-target (`lines` themselves for a language model, else given the input's
+    same line), each added to `perplexity` as it passes."""
+    from seq2seq import display_name, iter_lines
+
+    sources, targets = (None, lines) if translator.language_model else (lines, iter_lines(score_target))
+    for scored in translator.score_stream(sources, targets, chunk_lines=1 if interactive else None,
+                                          names=(name, display_name(score_target))):
+        perplexity.add(scored)
+        yield [scored]
+
+
+def _summary(count: int, pieces: int, seconds: float, search: SearchConfig, *, perplexity: Perplexity | None) -> None:
+    """The closing line: how many lines, how fast, and how the outputs were made (or the scored text's perplexity)."""
+    scoring = perplexity is not None
     how = "" if scoring else f", sampling at temperature {search.temperature}" if search.sample else f", beam {search.beam_size}"
     say(f"{'scored' if scoring else 'translated'} {count:,} lines ({pieces:,} target pieces) in {seconds:.1f} s: "
         f"{count / max(seconds, 1e-9):,.1f} lines/s{how}")
+    if perplexity is not None and perplexity.pieces:
+        say(f"perplexity {perplexity.per_piece:.3f} per piece ({perplexity.pieces:,} pieces, EOS included), "
+            f"{perplexity.per_character:.4f} per character ({perplexity.characters:,}, line ends included)")
 
 
 def _weights(text: str | None) -> list[float] | None:
@@ -168,11 +230,15 @@ def _check_scoring_options(score_target: str | None, per_token: bool, *, nbest: 
 
 
 @contextmanager
-def _opened(output_path: str) -> Iterator[IO[str]]:
-    """stdout as UTF-8 with LF line ends, or a file that appears under its name only when complete."""
+def _opened(output_path: str, shard: Shard) -> Iterator[IO[str]]:
+    """stdout as UTF-8 with LF line ends, or a file that appears under its name only when complete (under torchrun:
+    once every process has translated its block, written by the first)."""
     from seq2seq import atomic_write
 
-    if output_path == "-":
+    if shard.is_split:
+        with shard.output(output_path) as block:
+            yield block
+    elif output_path == "-":
         sys.stdout.reconfigure(encoding="utf-8", newline="\n")  # type: ignore[union-attr]
         yield sys.stdout
     else:
@@ -232,8 +298,9 @@ def _attention_drawer(folder: Path | None, translator: Translator, input_name: s
 
 
 def _write(results: Iterator[list[Translation]], out: IO[str], *, render: Callable[[int, list[Translation]], str],
-           after: Callable[[int, list[Translation]], None]) -> tuple[int, int]:
+           after: Callable[[int, list[Translation]], None], first: int = 0) -> tuple[int, int]:
     """Write each input line's result as soon as it is ready, then call `after`; returns (lines, target pieces).
+    Results are numbered (0-based) from `first`: where this process's lines start in the input.
 
     Streamed input can fail part-way (a NUL byte at line 5,000 of stdin): the error then says how many
     lines were already translated, so that a partial output is never taken for a whole one.
@@ -242,7 +309,7 @@ def _write(results: Iterator[list[Translation]], out: IO[str], *, render: Callab
 
     count = pieces = 0
     try:
-        for index, hypotheses in enumerate(results):
+        for index, hypotheses in enumerate(results, start=first):
             out.write(render(index, hypotheses))
             out.flush()
             after(index, hypotheses)

@@ -32,9 +32,14 @@ _LAZY = {
     "Translation": ("seq2seq.translation", "Translation"),
     "SourceAttention": ("seq2seq.translation", "SourceAttention"),
     "TargetScore": ("seq2seq.scoring", "TargetScore"),
+    "Perplexity": ("seq2seq.scoring", "Perplexity"),
     "Ensemble": ("seq2seq.ensemble", "Ensemble"),
+    "LanguageModel": ("seq2seq.language_model", "LanguageModel"),
     "Batcher": ("seq2seq.batching", "Batcher"),
     "QueueFull": ("seq2seq.batching", "QueueFull"),
+    "OverLimit": ("seq2seq.batching", "OverLimit"),
+    "Shard": ("seq2seq.sharding", "Shard"),
+    "translation_shard": ("seq2seq.sharding", "joined"),
     # settings
     "Config": ("seq2seq.config", "Config"),
     "DataConfig": ("seq2seq.config", "DataConfig"),
@@ -114,7 +119,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from seq2seq.allocator import reuse_freed_memory, small_kernel_cache
     from seq2seq.averaging import average as average_checkpoints
-    from seq2seq.batching import Batcher, QueueFull
+    from seq2seq.batching import Batcher, OverLimit, QueueFull
     from seq2seq.checkpoint import Checkpoint
     from seq2seq.checkpoint import describe as describe_checkpoint
     from seq2seq.checkpoint import load as load_checkpoint
@@ -126,12 +131,15 @@ if TYPE_CHECKING:
     from seq2seq.defaults import settings_for_run, tokenizer_cache
     from seq2seq.events import COMPLETE, DataReady, Event, Finished, NonFinite, Preparing, StepsDone, Validated
     from seq2seq.ensemble import Ensemble
+    from seq2seq.language_model import LanguageModel
     from seq2seq.inspection import TrainingPreview, preview_training
     from seq2seq.errorrates import edit_distance
     from seq2seq.metrics import (METRICS, Cell, Comparison, check_parallel, check_references, compare_systems,
                                  corpus_scores, higher_is_better, sentence_scores)
     from seq2seq.plotting import plot_attention, plot_curves, prepare_picture_folder, read_metrics
-    from seq2seq.scoring import TargetScore
+    from seq2seq.scoring import Perplexity, TargetScore
+    from seq2seq.sharding import Shard
+    from seq2seq.sharding import joined as translation_shard
     from seq2seq.textio import atomic_write, display_name, iter_lines, read_lines, source_lines
     from seq2seq.tokenizer import TokenizerCache
     from seq2seq.training import train

@@ -19,8 +19,9 @@ from typing import Any, NamedTuple
 import torch
 
 from seq2seq import __version__
-from seq2seq.config import Config, from_dict, to_dict
+from seq2seq.config import Config, ModelConfig, from_dict, to_dict
 from seq2seq.errors import CheckpointError, ConfigError
+from seq2seq.language_model import LanguageModel
 from seq2seq.model import Seq2Seq
 from seq2seq.textio import atomic_write
 from seq2seq.tokenizer import Tokenizer, Tokenizers
@@ -29,17 +30,25 @@ FORMAT = "seq2seq-checkpoint"
 FORMAT_VERSION = 1
 
 
+TrainedModel = Seq2Seq | LanguageModel
+
+
 class Checkpoint(NamedTuple):
     config: Config
     tokenizers: Tokenizers
-    model: Seq2Seq
+    model: TrainedModel
     step: int
     info: dict[str, Any]       # plain facts about the run: validation scores, versions, ...
     training: dict[str, Any]   # what resuming needs (optimizer, data position, RNG); empty if absent
 
 
-def build_model(config: Config, tokenizers: Tokenizers) -> Seq2Seq:
-    return Seq2Seq.from_config(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
+def model_class(settings: ModelConfig) -> type[Seq2Seq] | type[LanguageModel]:
+    """The model the settings describe: a translation model, or a language model (model.language_model)."""
+    return LanguageModel if settings.language_model else Seq2Seq
+
+
+def build_model(config: Config, tokenizers: Tokenizers) -> TrainedModel:
+    return model_class(config.model).from_config(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
 
 
 def weights_checksum(state: dict[str, torch.Tensor]) -> int:
@@ -60,7 +69,7 @@ def _all_finite(state: dict[str, torch.Tensor]) -> bool:
 
 
 def save(
-    path: str | Path, *, config: Config, tokenizers: Tokenizers, model: Seq2Seq, step: int,
+    path: str | Path, *, config: Config, tokenizers: Tokenizers, model: TrainedModel, step: int,
     info: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
 ) -> None:
     """Write the checkpoint atomically; a failed write (a full disk) is a DataError and the old file stays whole."""
@@ -145,6 +154,6 @@ def _unpack(payload: dict[str, Any]) -> Checkpoint:
     src = Tokenizer(payload["tokenizers"]["src"])
     tgt = src if payload["tokenizers"]["tgt"] is None else Tokenizer(payload["tokenizers"]["tgt"])
     tokenizers = Tokenizers(src, tgt)
-    model = Seq2Seq.from_state(config.model, src.vocab_size, tgt.vocab_size, payload["model"])
+    model = model_class(config.model).from_state(config.model, src.vocab_size, tgt.vocab_size, payload["model"])
     model.eval()
     return Checkpoint(config, tokenizers, model, payload["step"], payload["info"], payload["training"])

@@ -45,6 +45,8 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    language_model: bool = False       # a decoder alone, trained on target text with no source (`seq2seq train` without
+                                       # --source sets it); no encoder, so no attention or input feeding
     cell: str = "lstm"                 # lstm | gru | rnn (the plain tanh RNN), in encoder and decoder
     emb_dim: int = 256                 # token embedding size (source and target)
     hidden_dim: int = 512              # decoder state size; a bidirectional encoder's two directions share it
@@ -101,7 +103,7 @@ class SearchConfig:
     length_penalty: float = 1.0        # GNMT alpha: score / ((5 + len) / 6) ** alpha; 0 = off
     length_norm: bool = False          # rank by score / length instead (overrides length_penalty)
     max_length_ratio: float = 2.0      # a hypothesis ends by ratio * source length + constant
-    max_length_constant: int = 10
+    max_length_constant: int = 10      # (a language model: ratio 0, so this alone, 100 unless set: a sample's most pieces)
     min_length: int = 0                # no EOS before this many target pieces
     precision: str = "fp32"            # fp32 | bf16 (autocast: faster on CPUs with bf16 units)
     quantize: str = "none"             # none | int8 (int8 weights for the decoder's linear layers; fp32 between products)
@@ -139,7 +141,15 @@ class Config:
             (self.model.attention in ("bahdanau", "luong-dot", "luong-general", "none"),
              "model.attention must be bahdanau, luong-dot, luong-general or none"),
             (self.model.decoder_init in ("bridge", "last", "zeros"), "model.decoder_init must be bridge, last or zeros"),
-            (self.model.hidden_dim % 2 == 0 or not self.model.bidirectional,
+            (not self.model.language_model or (self.model.attention == "none" and not self.model.input_feeding),
+             "a language model (model.language_model) has no source to attend to: model.attention must be none "
+             "and model.input_feeding false"),
+            (not self.model.language_model or self.tokenizer.joint,
+             "a language model reads one side: tokenizer.joint must be true"),
+            (not self.model.language_model or (self.train.select_metric == "loss" and not validation_metrics(self.train)),
+             "a language model is judged by its validation perplexity: train.select_metric must be loss "
+             "and train.valid_metrics empty"),
+            (self.model.hidden_dim % 2 == 0 or not self.model.bidirectional or self.model.language_model,
              "model.hidden_dim must be even with a bidirectional encoder (its two directions share it)"),
             (self.train.optimizer in ("adam", "adamw"), "train.optimizer must be adam or adamw"),
             (self.train.schedule in ("constant", "inverse-sqrt", "plateau"),

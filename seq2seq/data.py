@@ -98,21 +98,23 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
 
 
 def encode_pairs(
-    src_lines: Sequence[str], tgt_lines: Sequence[str], tokenizers: Tokenizers, *, max_length: int,
+    src_lines: Sequence[str] | None, tgt_lines: Sequence[str], tokenizers: Tokenizers, *, max_length: int,
     kept: list[int] | None = None,
 ) -> tuple[Examples, FilterStats]:
     """Encode a corpus, skipping empty and over-long pairs (counted, so the user can be told). `kept`, when given,
-    receives the line number of each pair kept, in order (the text that subword sampling cuts anew).
+    receives the line number of each pair kept, in order (the text that subword sampling cuts anew). With no
+    `src_lines` (a language model's text), every source is empty: the EOS alone.
 
     SentencePiece gets ENCODED_AT_ONCE lines at a time, so that only that many lines' lists of ints
     exist at once: the rest is packed (see `Examples`).
     """
     examples, empty, too_long = Examples(), 0, 0
-    for start in range(0, len(src_lines), ENCODED_AT_ONCE):
-        src_ids = tokenizers.src.encode(src_lines[start : start + ENCODED_AT_ONCE])
+    for start in range(0, len(tgt_lines), ENCODED_AT_ONCE):
         tgt_ids = tokenizers.tgt.encode(tgt_lines[start : start + ENCODED_AT_ONCE])
+        src_ids = tokenizers.src.encode(src_lines[start : start + ENCODED_AT_ONCE]) if src_lines is not None \
+            else [[] for _ in tgt_ids]
         for line, (src, tgt) in enumerate(zip(src_ids, tgt_ids, strict=True), start):
-            if not src or not tgt:
+            if (not src and src_lines is not None) or not tgt:
                 empty += 1
             elif max_length and max(len(src), len(tgt)) > max_length:
                 too_long += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,34 @@ def settings_for_run(
         chosen = {key: str(PROJECT_DATA / path) for key, path in DEFAULT_CORPUS.items()} | chosen
     cfg = configuration.resolve(config_file, chosen, base=base)
     if cfg.train.init_from and base is None:
-        cfg = configuration.resolve(config_file, chosen, base=_model_settings(cfg.train.init_from))
+        base = _model_settings(cfg.train.init_from)
+        cfg = configuration.resolve(config_file, chosen, base=base)
+    if _language_model(cfg) and not resume:
+        cfg = configuration.resolve(config_file, chosen, base=_as_language_model(base or Config()))
     if output is None and (use_default or base):
         output = DEFAULT_OUTPUT
     return cfg, Path(output) if output is not None else None
+
+
+# What a language model changes in the defaults: no encoder to attend to, and judged by its perplexity; its
+# outputs (samples) end by a fixed length, since it has no source to measure them against.
+LANGUAGE_MODEL = {
+    "model": {"language_model": True, "attention": "none", "input_feeding": False, "bidirectional": False},
+    "tokenizer": {"joint": True},
+    "train": {"select_metric": "loss", "valid_metrics": ""},
+    "search": {"max_length_ratio": 0.0, "max_length_constant": 100},
+}
+
+
+def _language_model(cfg: Config) -> bool:
+    """Whether a run trains a language model: it says so, or it has target text and no source."""
+    data = cfg.data
+    return cfg.model.language_model or bool(data.target and not data.source and not data.valid_source)
+
+
+def _as_language_model(layer: Config) -> Config:
+    """`layer` with LANGUAGE_MODEL's settings: a layer under the config file and the flags, which may still say otherwise."""
+    return replace(layer, **{section: replace(getattr(layer, section), **values) for section, values in LANGUAGE_MODEL.items()})
 
 
 def _model_settings(path: str) -> Config:

@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from seq2seq.errors import ConfigError
-from seq2seq.model import DecoderState, Memory, Seq2Seq
+from seq2seq.checkpoint import TrainedModel
+from seq2seq.model import DecoderState, Memory
 
 FIELDS = len(Memory._fields)  # tensors per member in a memory, and in a state
 assert len(DecoderState._fields) == FIELDS
 
 
 class Ensemble(nn.Module):
-    def __init__(self, members: Sequence[Seq2Seq], weights: Sequence[float] | None = None) -> None:
+    def __init__(self, members: Sequence[TrainedModel], weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.weights = mixture_weights(weights, len(members))

@@ -37,6 +37,7 @@ class DataReady:
     cached_tokenizers: tuple[Path, ...] = ()  # tokenizer files taken from the cache instead of trained
     replaced_unfinished: tuple[str, ...] = ()  # files left by an earlier start that saved no checkpoint, now replaced
     started_from: dict[str, Any] | None = None  # fine-tuning: the model file's path ("file"), "step", "metric" and "score"
+    language_model: bool = False  # the text is target lines alone, read by a language model
 
 
 @dataclass(frozen=True)

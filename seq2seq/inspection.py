@@ -19,7 +19,7 @@ from seq2seq import devices
 from seq2seq.config import Config, TrainConfig
 from seq2seq.data import Examples, FilterStats
 from seq2seq.distributed import World
-from seq2seq.model import Seq2Seq
+from seq2seq.checkpoint import TrainedModel
 from seq2seq.optim import build_optimizer
 from seq2seq.runfolder import RunFolder
 from seq2seq.startup import start_run
@@ -90,7 +90,7 @@ def unknown_share(tokenizer: Tokenizer, lines: Sequence[str]) -> float:
 
 
 def _time_updates(
-    model: Seq2Seq, examples: Examples, plan: list[list[int]], settings: TrainConfig, count: int, world: World,
+    model: TrainedModel, examples: Examples, plan: list[list[int]], settings: TrainConfig, count: int, world: World,
 ) -> float:
     """Mean seconds of `count` real updates on batches spread from the epoch's smallest to its largest.
 

@@ -9,7 +9,7 @@ State is a value passed in and returned; the modules remember nothing between ca
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Self
 
 import torch
 import torch.nn.functional as F
@@ -114,31 +114,25 @@ class Attention(nn.Module):
         return context.view(-1, hidden_dim), weights.view(-1, src_len)
 
 
-class Seq2Seq(nn.Module):
-    def __init__(self, src_vocab: int, tgt_vocab: int, cfg: ModelConfig) -> None:
-        super().__init__()
-        hidden, layers = cfg.hidden_dim, cfg.layers
-        self.cell, self.layers, self.hidden_dim = cfg.cell, layers, hidden
-        self.input_feeding, self.decoder_init = cfg.input_feeding, cfg.decoder_init
-        self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
-        self.layer_dropout = nn.Dropout(cfg.layer_dropout)
-        self.output_dropout = nn.Dropout(cfg.output_dropout)
-        self.src_embed = _embedding(src_vocab, cfg.emb_dim)
-        self.tgt_embed = _embedding(tgt_vocab, cfg.emb_dim)
-        directions = 2 if cfg.bidirectional else 1
-        self.encoder = ENCODERS[cfg.cell](cfg.emb_dim, hidden // directions, num_layers=layers, batch_first=True,
-                                          bidirectional=cfg.bidirectional, dropout=cfg.layer_dropout if layers > 1 else 0.0)
-        if cfg.decoder_init == "bridge":
-            self.bridge = nn.Linear(hidden, hidden)
-        self.cells = nn.ModuleList([RecurrentCell(cfg.cell, cfg.emb_dim if layer == 0 else hidden, hidden)
-                                    for layer in range(layers)])
-        if cfg.input_feeding:
-            self.feed_map = nn.Linear(hidden, GATES[cfg.cell] * hidden, bias=False)
-        self.attention = Attention(cfg.attention, hidden) if cfg.attention != "none" else None
-        self.combine = nn.Linear((2 if self.attention else 1) * hidden, hidden, bias=False)
-        if cfg.tie_output and cfg.emb_dim != hidden:
-            self.out_proj = nn.Linear(hidden, cfg.emb_dim, bias=False)
-        self.out = nn.Linear(cfg.emb_dim if cfg.tie_output else hidden, tgt_vocab)
+class NextPieceModel(nn.Module):
+    """What the translation model and the language model (`seq2seq.language_model`) share: the decoder's stack of
+    recurrent layers, the output layer over the target pieces (optionally tied to the target embeddings), and
+    loading saved weights without drawing random ones. Each subclass makes its own layers, then `_add_output_layer`."""
+
+    tgt_embed: nn.Embedding
+    cells: nn.ModuleList        # RecurrentCell, one per layer
+    layer_dropout: nn.Dropout   # between layers
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Self:
+        raise NotImplementedError
+
+    def _add_output_layer(self, cfg: ModelConfig, vocab: int) -> None:
+        """The output layer (and the projection that a tied one of another width reads through), then every
+        weight's initial draw, uniform in [-0.1, 0.1]."""
+        if cfg.tie_output and cfg.emb_dim != cfg.hidden_dim:
+            self.out_proj = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=False)
+        self.out = nn.Linear(cfg.emb_dim if cfg.tie_output else cfg.hidden_dim, vocab)
         for param in self.parameters():
             nn.init.uniform_(param, -0.1, 0.1)
         self.tie_output = cfg.tie_output
@@ -149,12 +143,7 @@ class Seq2Seq(nn.Module):
             self.out.weight = self.tgt_embed.weight
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
-        """The one place that reads the model config."""
-        return cls(src_vocab, tgt_vocab, cfg)
-
-    @classmethod
-    def from_state(cls, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, state: dict[str, torch.Tensor]) -> Seq2Seq:
+    def from_state(cls, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, state: dict[str, torch.Tensor]) -> Self:
         """A model holding `state`'s weights (fp32), built without drawing the random ones they replace.
 
         The layers are made on the meta device (shapes, no memory) and then take the state's tensors:
@@ -166,6 +155,50 @@ class Seq2Seq(nn.Module):
         model.load_state_dict({name: tensor.float() for name, tensor in state.items()}, assign=True)
         model._tie()  # assigning gave the output layer and the target embedding a Parameter each
         return model
+
+    def _up_the_stack(self, input_gates: torch.Tensor, state: DecoderState) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One step of the decoder's stacked recurrent layers, from the first layer's input gates: each layer's h and c."""
+        hs, cs = [], []
+        for layer, cell in enumerate(self.cells):
+            if layer > 0:
+                input_gates = cell.input_map(self.layer_dropout(hs[-1]))
+            h, c = cell(input_gates, state.h[:, layer], state.c[:, layer])
+            hs.append(h)
+            cs.append(c)
+        return hs, cs
+
+    def _logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.out_proj(features) if hasattr(self, "out_proj") else features)
+
+
+class Seq2Seq(NextPieceModel):
+    def __init__(self, src_vocab: int, tgt_vocab: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden, layers = cfg.hidden_dim, cfg.layers
+        self.cell, self.layers, self.hidden_dim = cfg.cell, layers, hidden
+        self.input_feeding, self.decoder_init = cfg.input_feeding, cfg.decoder_init
+        self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
+        self.layer_dropout = nn.Dropout(cfg.layer_dropout)
+        self.output_dropout = nn.Dropout(cfg.output_dropout)
+        self.src_embed = embedding(src_vocab, cfg.emb_dim)
+        self.tgt_embed = embedding(tgt_vocab, cfg.emb_dim)
+        directions = 2 if cfg.bidirectional else 1
+        self.encoder = ENCODERS[cfg.cell](cfg.emb_dim, hidden // directions, num_layers=layers, batch_first=True,
+                                          bidirectional=cfg.bidirectional, dropout=cfg.layer_dropout if layers > 1 else 0.0)
+        if cfg.decoder_init == "bridge":
+            self.bridge = nn.Linear(hidden, hidden)
+        self.cells = nn.ModuleList([RecurrentCell(cfg.cell, cfg.emb_dim if layer == 0 else hidden, hidden)
+                                    for layer in range(layers)])
+        if cfg.input_feeding:
+            self.feed_map = nn.Linear(hidden, GATES[cfg.cell] * hidden, bias=False)
+        self.attention = Attention(cfg.attention, hidden) if cfg.attention != "none" else None
+        self.combine = nn.Linear((2 if self.attention else 1) * hidden, hidden, bias=False)
+        self._add_output_layer(cfg, tgt_vocab)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
+        """The one place that reads the model config."""
+        return cls(src_vocab, tgt_vocab, cfg)
 
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> tuple[Memory, DecoderState]:
         embedded = self.embedding_dropout(self.src_embed(src))  # (batch, src_len, emb)
@@ -203,21 +236,12 @@ class Seq2Seq(nn.Module):
         """
         if self.input_feeding:
             input_gates = input_gates + self.feed_map(state.feed)
-        hs, cs = [], []
-        for layer, cell in enumerate(self.cells):
-            if layer > 0:
-                input_gates = cell.input_map(self.layer_dropout(hs[-1]))
-            h, c = cell(input_gates, state.h[:, layer], state.c[:, layer])
-            hs.append(h)
-            cs.append(c)
+        hs, cs = self._up_the_stack(input_gates, state)
         top = hs[-1]
         context, weights = self.attention(top, memory) if self.attention else (None, None)
         features = [context, top] if self.attention else [top]
         attentional = self.output_dropout(torch.tanh(self.combine(torch.cat(features, dim=-1))))  # (batch, hidden)
         return attentional, DecoderState(torch.stack(hs, 1), torch.stack(cs, 1), attentional), weights
-
-    def _logits(self, attentional: torch.Tensor) -> torch.Tensor:
-        return self.out(self.out_proj(attentional) if hasattr(self, "out_proj") else attentional)
 
     def decode_step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
         """tokens (rows,) -> log-probabilities (rows, tgt_vocab) of the next token, and the new state.
@@ -268,7 +292,7 @@ class Seq2Seq(nn.Module):
         return outputs, weights
 
 
-def _embedding(vocab: int, dim: int) -> nn.Embedding:
+def embedding(vocab: int, dim: int) -> nn.Embedding:
     """An embedding whose weights `Seq2Seq` initialises: nn.Embedding's own initialisation zeroes the
     padding row with an indexing op that costs about 1 s on the meta device (see `from_state`)."""
     return nn.Embedding.from_pretrained(torch.empty(vocab, dim), freeze=False, padding_idx=PAD_ID)

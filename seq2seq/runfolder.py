@@ -29,10 +29,10 @@ from typing import IO, Any, NamedTuple
 import torch
 
 from seq2seq import checkpoint
+from seq2seq.checkpoint import TrainedModel
 from seq2seq.config import Config, TrainConfig, changed_setting, to_toml
 from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.metrics import higher_is_better
-from seq2seq.model import Seq2Seq
 from seq2seq.optim import LearningRate
 from seq2seq.textio import atomic_write
 from seq2seq.tokenizer import Tokenizers
@@ -178,7 +178,7 @@ class RunFolder:
             file.write(to_toml(cfg))
 
     def save(
-        self, cfg: Config, tokenizers: Tokenizers, model: Seq2Seq, *, step: int, history: list[dict[str, Any]],
+        self, cfg: Config, tokenizers: Tokenizers, model: TrainedModel, *, step: int, history: list[dict[str, Any]],
         training: dict[str, Any], hypotheses: list[str] | None = None, facts: dict[str, Any] | None = None,
     ) -> None:
         """Save the model at `step`. After a validation (given its outputs, `hypotheses`; its scores are the last

@@ -2,11 +2,13 @@
 
 A target is scored by teacher forcing: one pass over its pieces gives every piece's log-probability
 given the source and the pieces before it, then EOS's. The sum is the score beam search would print
-for that same output. Pairs are read a chunk at a time and batched by length, like translation.
+for that same output. Pairs are read a chunk at a time and batched by length, like translation. Summed
+over a text, the scores give its perplexity (`Perplexity`): a language model's measure.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import NamedTuple
@@ -23,6 +25,29 @@ class TargetScore(NamedTuple):
     score: float               # natural log-probability of the target's pieces and EOS under the model
     tokens: list[int]          # the target's pieces
     token_scores: list[float]  # the log-probability of each piece, then of EOS
+    characters: int            # the target text's characters
+
+
+class Perplexity:
+    """How well a model predicts a text, from its lines' scores: exp of the negative mean log-probability, per
+    piece (EOS included) and per character (each line's end counted as one, the EOS's share). Per character,
+    models with different tokenizers compare."""
+
+    def __init__(self) -> None:
+        self.log_prob, self.pieces, self.characters = 0.0, 0, 0
+
+    def add(self, scored: TargetScore) -> None:
+        self.log_prob += scored.score
+        self.pieces += len(scored.token_scores)
+        self.characters += scored.characters + 1
+
+    @property
+    def per_piece(self) -> float:
+        return math.exp(-self.log_prob / max(self.pieces, 1))
+
+    @property
+    def per_character(self) -> float:
+        return math.exp(-self.log_prob / max(self.characters, 1))
 
 
 def score_batch(model: Model, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *,
@@ -57,5 +82,5 @@ def score(
                              batch, lambda i: len(sources[i]) + len(targets[i]), device)
             for number, token_scores in zip(batch, scored):
                 found[number] = token_scores
-        for ids, token_scores in zip(targets, found):
-            yield TargetScore(sum(token_scores), ids, token_scores)
+        for (_, text), ids, token_scores in zip(chunk, targets, found):
+            yield TargetScore(sum(token_scores), ids, token_scores, len(text))

@@ -22,16 +22,16 @@ from typing import Any
 import torch
 
 from seq2seq import checkpoint, devices
+from seq2seq.checkpoint import TrainedModel
 from seq2seq.config import Config, changed_setting, validation_metrics
 from seq2seq.data import Examples, FilterStats, encode_pairs, read_parallel
 from seq2seq.distributed import World
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.events import Preparing, Report
 from seq2seq.metrics import check_references
-from seq2seq.model import Seq2Seq
 from seq2seq.runfolder import Resumed, RunFolder
 from seq2seq.subwords import SampledPairs
-from seq2seq.textio import display_name
+from seq2seq.textio import display_name, read_lines
 from seq2seq.tokenizer import TokenizerCache, Tokenizers, train_tokenizers
 
 UNSEEN_SHOWN = 10  # the most frequent unseen characters listed, per side
@@ -48,7 +48,7 @@ class Start:
 
     resumed: Resumed | None      # last.pt's model and loop state, when the run continues
     tokenizers: Tokenizers
-    model: Seq2Seq               # on the world's device
+    model: TrainedModel          # on the world's device
     examples: Examples           # the training pairs kept
     stats: FilterStats           # what encoding kept and skipped
     train_lines: int
@@ -69,9 +69,13 @@ def start_run(
     """Check, read, tokenize, encode and build, reporting `Preparing` stages; with `create`, rank 0 makes the
     folder (and writes config.toml) once everything has been read. With `count_unseen`, also list the
     validation characters that the training text lacks (a pass over the whole text: the dry run's report)."""
-    data = cfg.data
-    if not (data.source and data.target and data.valid_source and data.valid_target):
-        raise ConfigError("training needs data.source, data.target, data.valid_source and data.valid_target")
+    data, language_model = cfg.data, cfg.model.language_model
+    if language_model and (data.source or data.valid_source):
+        raise ConfigError("a language model (model.language_model) reads no source: leave data.source and "
+                          "data.valid_source unset")
+    if not (data.target and data.valid_target and (language_model or (data.source and data.valid_source))):
+        raise ConfigError("training needs data.source, data.target, data.valid_source and data.valid_target "
+                          "(a language model: data.target and data.valid_target alone)")
     if "bf16" in (cfg.train.precision, cfg.search.precision):  # search's too, or validation would stop the run
         world.everywhere(devices.require_bf16_units, world.device)
     # Every rank checks the folder and reads the data, writing nothing; an error on any rank stops them all.
@@ -85,27 +89,31 @@ def start_run(
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     if not (resumed or base):
-        report(Preparing("tokenizer", len(src_lines)))
+        report(Preparing("tokenizer", len(tgt_lines)))
     try:
         tokenizers = (resumed.checkpoint.tokenizers if resumed else base.tokenizers if base
                       else world.on_main(train_tokenizers, src_lines, tgt_lines, cfg.tokenizer, tokenizer_cache))
     except DataError as error:  # the text itself: name the files it came from
-        raise DataError(f"{data.source} and {data.target}: {error}") from None
-    report(Preparing("encoding", len(src_lines)))
+        raise DataError(f"{' and '.join(filter(None, (data.source, data.target)))}: {error}") from None
+    report(Preparing("encoding", len(tgt_lines)))
     kept: list[int] | None = [] if cfg.tokenizer.sampling_alpha else None
-    examples, stats = encode_pairs(src_lines, tgt_lines, tokenizers, max_length=data.max_length, kept=kept)
-    sampled = None if kept is None else SampledPairs(tokenizers, cfg.tokenizer, cfg.train.seed, [src_lines[i] for i in kept],
+    examples, stats = encode_pairs(None if language_model else src_lines, tgt_lines, tokenizers, max_length=data.max_length,
+                                   kept=kept)
+    sampled = None if kept is None else SampledPairs(tokenizers, cfg.tokenizer, cfg.train.seed,
+                                                     [src_lines[i] if src_lines else "" for i in kept],
                                                      [tgt_lines[i] for i in kept])
     unseen = (unseen_characters(src_lines, valid_src), unseen_characters(tgt_lines, valid_tgt)) if count_unseen else None
-    train_lines = len(src_lines)
+    train_lines = len(tgt_lines)
     del src_lines, tgt_lines  # never read again (sampling keeps the pairs it cuts); 1M pairs of text hold 0.3 GB
     if not examples:
-        raise DataError(f"{data.source}: no usable training pairs ({stats.empty} empty, {stats.too_long} too long)")
-    valid_examples, valid_stats = encode_pairs(valid_src, valid_tgt, tokenizers, max_length=0)
+        raise DataError(f"{data.source or data.target}: no usable training {'lines' if language_model else 'pairs'} "
+                        f"({stats.empty} empty, {stats.too_long} too long)")
+    valid_examples, valid_stats = encode_pairs(None if language_model else valid_src, valid_tgt, tokenizers, max_length=0)
     if resumed:
         model, started_from = resumed.checkpoint.model, resumed.checkpoint.info.get("started_from")
     elif base:
-        model = Seq2Seq.from_state(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size, base.model.state_dict())
+        model = checkpoint.model_class(cfg.model).from_state(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
+                                                             base.model.state_dict())
         started_from = _origin(cfg.train.init_from, base)
     else:
         model, started_from = checkpoint.build_model(cfg, tokenizers), None
@@ -134,8 +142,16 @@ def _origin(path: str, base: checkpoint.Checkpoint) -> dict[str, Any]:
 
 
 def _read(cfg: Config) -> tuple[list[str], list[str], list[str], list[str]]:
-    src_lines, tgt_lines = read_parallel(cfg.data.source, cfg.data.target)
-    valid_src, valid_tgt = read_parallel(cfg.data.valid_source, cfg.data.valid_target)
+    """The training and validation text, each source side beside its target. A language model's text has no
+    source: its training source is no lines at all, its validation sources empty lines."""
+    data = cfg.data
+    if cfg.model.language_model:
+        tgt_lines, valid_tgt = read_lines(data.target), read_lines(data.valid_target)
+        if not tgt_lines:
+            raise DataError(f"{data.target} is empty: no text to learn from")
+        return [], tgt_lines, [""] * len(valid_tgt), valid_tgt
+    src_lines, tgt_lines = read_parallel(data.source, data.target)
+    valid_src, valid_tgt = read_parallel(data.valid_source, data.valid_target)
     return src_lines, tgt_lines, valid_src, valid_tgt
 
 

@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from seq2seq import distributed, metrics, runfolder
+from seq2seq.checkpoint import TrainedModel
 from seq2seq.config import Config, TrainConfig, validation_metrics
 from seq2seq.data import Batch, Example, Examples, collate, plan_batches, share
 from seq2seq.distributed import ALONE, World
 from seq2seq.ema import WeightAverage
 from seq2seq.errors import OutOfMemory
 from seq2seq.events import LIMITS, DataReady, Event, Finished, NonFinite, Preparing, Report, StepsDone, Validated
-from seq2seq.model import Seq2Seq
 from seq2seq.optim import LearningRate, build_optimizer
 from seq2seq.runfolder import LoopState, RunFolder
 from seq2seq.startup import start_run
@@ -59,7 +59,7 @@ class _Run:
     folder: RunFolder
     world: World
     tokenizers: Tokenizers
-    model: Seq2Seq        # what is validated and saved: never wrapped
+    model: TrainedModel   # what is validated and saved: never wrapped
     network: nn.Module    # what the training forward goes through: the model, or DDP around it
     translator: Translator  # greedy search with the model, for the validation scores
     optimizer: torch.optim.Optimizer
@@ -131,7 +131,8 @@ def _train(
     plan = epoch_plan(begun.examples, cfg.train, state.epoch, world.size)  # planned once: 1M pairs take seconds
     report(DataReady(begun.stats, len(begun.valid_src), begun.tokenizers.src.vocab_size, begun.tokenizers.tgt.vocab_size,
                      sum(p.numel() for p in model.parameters()), len(plan), state.step,
-                     tuple(tokenizer_cache.used) if tokenizer_cache else (), tuple(folder.unfinished), begun.started_from))
+                     tuple(tokenizer_cache.used) if tokenizer_cache else (), tuple(folder.unfinished), begun.started_from,
+                     cfg.model.language_model))
     return _loop(run, state, plan, report, should_stop)
 
 
@@ -362,7 +363,8 @@ def _validate(run: _Run, state: LoopState) -> tuple[Validated, list[str]]:
             loss_sum += float(F.cross_entropy(logits, batch.tgt_out[real], reduction="sum"))
             tokens += batch.tgt_tokens
     model.train()
-    hypotheses = [best.text for best, *_ in run.translator.translate(run.valid_src)]
+    # a language model has no source to translate: its loss (perplexity) is all it is judged by
+    hypotheses = [] if run.cfg.model.language_model else [best.text for best, *_ in run.translator.translate(run.valid_src)]
     names = validation_metrics(run.cfg.train)
     results = metrics.corpus_scores(hypotheses, [run.valid_tgt], names) if names else []
     loss = loss_sum / max(tokens, 1)

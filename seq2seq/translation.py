@@ -16,11 +16,12 @@ from typing import NamedTuple, TypeVar
 import torch
 
 from seq2seq import devices
+from seq2seq.checkpoint import TrainedModel
 from seq2seq.config import SearchConfig
 from seq2seq.data import pad
 from seq2seq.errors import ConfigError, OutOfMemory
 from seq2seq.ensemble import Ensemble
-from seq2seq.model import Seq2Seq
+from seq2seq.language_model import LanguageModel
 from seq2seq.search import (Hypothesis, Narrow, OnStep, Sampler, StepFn, TopK, beam_search, greedy_search, ranking_score,
                             reorder, torch_top_k)
 from seq2seq.textio import zip_lines
@@ -30,7 +31,7 @@ from seq2seq.workers import map_in_order
 Line = TypeVar("Line")
 Done = TypeVar("Done")
 
-Model = Seq2Seq | Ensemble  # both encode, decode_step, forward and attention_weights alike
+Model = TrainedModel | Ensemble  # all encode, decode_step and forward alike (attention_weights: with attention)
 BARRED = (PAD_ID, BOS_ID)  # never proposed by the search: padding, and BOS after the start
 
 
@@ -168,6 +169,11 @@ def hard_alignment(weights: torch.Tensor) -> list[tuple[int, int]]:
     return [(source, target) for target, source in enumerate(best) if source < source_pieces]
 
 
+def is_language_model(model: Model) -> bool:
+    """Whether `model` reads no source: a language model, or an ensemble of them."""
+    return isinstance(model.members[0] if isinstance(model, Ensemble) else model, LanguageModel)
+
+
 def _step_fn(model: Model, memory: tuple) -> StepFn:
     """The search's view of the model: next-token log-probabilities for the current tokens and state."""
     return lambda tokens, state: model.decode_step(tokens, state, memory)
@@ -201,20 +207,28 @@ def translate(
     and its batch's search calls `on_step(steps done, most steps)` before each step (when it runs in
     this process: not in a worker's).
     `prefixes`, one per line (a DataError if there are more or fewer): text each output must begin with,
-    as target pieces; the score covers the whole output. An empty prefix forces nothing.
+    as target pieces; the score covers the whole output. An empty prefix forces nothing. A language model
+    (`is_language_model`) reads no source: each input line is the prompt its output begins with, empty ones too.
     With `workers` above 1, that many forked processes search the batches side by side on the CPU
     (`seq2seq.workers`): the results are the same as one process's, up to rounding, and a chunk comes
     out once the next one has been read and handed to them.
     """
     # checked now, not when the first line is read
+    no_attention = "a language model" if is_language_model(model) else "model.attention = none"
     if search.coverage_penalty and model.attention is None:
-        raise ConfigError("this model has no attention (model.attention = none): the coverage penalty needs it")
+        raise ConfigError(f"this model has no attention ({no_attention}): the coverage penalty needs it")
     if attention and model.attention is None:
-        raise ConfigError("this model has no attention (model.attention = none): there is no attention "
+        raise ConfigError(f"this model has no attention ({no_attention}): there is no attention "
                           "to draw or align (--attention-plot, --alignment)")
     if search.precision == "bf16":
         devices.require_bf16_units(devices.of(model))
-    pairs = zip_lines(lines, "input lines", prefixes, "prefixes") if prefixes is not None else zip(lines, repeat(""))
+    if is_language_model(model):
+        if prefixes is not None:
+            raise ConfigError("a language model's input lines are its prompts, the text each output begins with: "
+                              "give them as the input, not as prefixes")
+        pairs: Iterable[tuple[str, str]] = (("", prompt) for prompt in lines)
+    else:
+        pairs = zip_lines(lines, "input lines", prefixes, "prefixes") if prefixes is not None else zip(lines, repeat(""))
     return _translate(model, tokenizers, pairs, search, nbest=nbest, chunk_lines=chunk_lines or 8 * search.batch_size,
                       attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut, workers=workers,
                       top_k=top_k, on_long_line=on_long_line, on_step=on_step)
@@ -301,7 +315,8 @@ def _translate(
             lines = [by_coverage(line, search)[:nbest] for line in lines]
         return lines if attention or not covering else [[(hyp, None) for hyp, _ in line] for line in lines]
 
-    chunks = _chunks(tokenizers, lines, search.batch_size, chunk_lines, max_source_pieces, on_cut, announce)
+    chunks = _chunks(tokenizers, lines, search.batch_size, chunk_lines, max_source_pieces, on_cut, announce,
+                     search_empty=is_language_model(model))
     for chunk, found in map_in_order(search_lines, chunks, lambda chunk: chunk.sources, workers):
         results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in range(chunk.size)]
         # one SentencePiece call per chunk: each call has a fixed cost (it starts threads)
@@ -330,10 +345,11 @@ def by_coverage(line: list[tuple[Hypothesis, SourceAttention | None]], search: S
 
 def _chunks(
     tokenizers: Tokenizers, lines: Iterator[tuple[str, str]], batch_size: int, chunk_lines: int, max_source_pieces: int,
-    on_cut: Callable[[int, int], None], on_long: Callable[[int, int], None],
+    on_cut: Callable[[int, int], None], on_long: Callable[[int, int], None], search_empty: bool = False,
 ) -> Iterator[_Chunk]:
     """The input (line, prefix pairs), `chunk_lines` at a time, encoded and cut into batches of lines of similar
-    length (empty lines are in no batch). `on_cut` and `on_long` hear of lines cut or long: (number, pieces)."""
+    length (empty lines are in no batch, unless `search_empty`: a language model's, all empty, continue their
+    prefixes). `on_cut` and `on_long` hear of lines cut or long: (number, pieces)."""
     lines_before = 0
     while chunk := list(islice(lines, chunk_lines)):
         encoded = tokenizers.src.encode([line for line, _ in chunk])
@@ -346,7 +362,8 @@ def _chunks(
                 encoded[offset] = ids[:max_source_pieces]
             if len(encoded[offset]) >= LONG_LINE:
                 on_long(lines_before + offset + 1, len(encoded[offset]))
-        order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
+        order = sorted((i for i, ids in enumerate(encoded) if ids or search_empty),
+                       key=lambda i: (len(encoded[i]), len(prefixes[i])))
         numbers = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         yield _Chunk(len(chunk), numbers, [[_Source(encoded[i], prefixes[i], lines_before + i) for i in batch]
                                            for batch in numbers])

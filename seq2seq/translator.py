@@ -28,13 +28,13 @@ from seq2seq.config import Config, SearchConfig, coerce
 from seq2seq.ensemble import Ensemble
 from seq2seq.errors import ConfigError
 from seq2seq.int8 import quantized_int8
-from seq2seq.model import Seq2Seq
+from seq2seq.checkpoint import TrainedModel
 from seq2seq.scoring import TargetScore, score
 from seq2seq.speedups import swap_in_few_rows_products, top_k_for
 from seq2seq.textio import zip_lines
 from seq2seq.tokenizer import Tokenizers
 from seq2seq.search import OnStep
-from seq2seq.translation import LongLine, Model, Translation, translate
+from seq2seq.translation import LongLine, Model, Translation, is_language_model, translate
 from seq2seq.unknowns import UnknownCopier
 from seq2seq.workers import worker_count
 
@@ -54,6 +54,9 @@ def load(path: str | Path | Sequence[str | Path], *, weights: Sequence[float] | 
     loaded = [checkpoint.load(one) for one in paths]
     first = loaded[0]
     for other_path, other in zip(paths[1:], loaded[1:]):
+        if other.config.model.language_model != first.config.model.language_model:
+            raise ConfigError(f"{other_path} and {paths[0]}: one is a language model and the other a translation "
+                              "model; an ensemble's models must be of one kind")
         if _vocabulary(other.tokenizers) != _vocabulary(first.tokenizers):
             raise ConfigError(f"{other_path}: its tokenizers differ from {paths[0]}'s; the models of an ensemble "
                               "must share them (train them on the same data and tokenizer settings)")
@@ -101,7 +104,7 @@ class Translator:
         self.model = model
         self._top_k = top_k_for(self.device)
 
-    def _sped_up(self, model: Seq2Seq) -> Seq2Seq:
+    def _sped_up(self, model: TrainedModel) -> TrainedModel:
         """`model` with this translator's speed-ups: an int8 copy, or on the CPU, its wide layers' faster products."""
         if self.search.quantize == "int8":
             return quantized_int8(model)
@@ -136,15 +139,24 @@ class Translator:
                             on_long_line=on_long_line, on_step=on_step)
         return copier.mended(results, keep_attention=attention) if copier else results
 
-    def score(self, sources: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
-        """The model's log-probability of each target given its source (`seq2seq.scoring`), in order."""
-        return list(self.score_stream(sources, targets, chunk_lines=max(len(sources), 1)))
+    @property
+    def language_model(self) -> bool:
+        """Whether the model reads no source: its inputs are prompts, and it scores targets alone."""
+        return is_language_model(self.model)
 
-    def score_stream(self, sources: Iterable[str], targets: Iterable[str], *, chunk_lines: int | None = None,
+    def score(self, sources: Sequence[str] | None, targets: Sequence[str]) -> list[TargetScore]:
+        """The model's log-probability of each target given its source (`seq2seq.scoring`), in order; a language
+        model's sources are None (`Perplexity` sums them up)."""
+        return list(self.score_stream(sources, targets, chunk_lines=max(len(targets), 1)))
+
+    def score_stream(self, sources: Iterable[str] | None, targets: Iterable[str], *, chunk_lines: int | None = None,
                      names: tuple[str, str] = ("the sources", "the targets")) -> Iterator[TargetScore]:
         """`score` one chunk at a time, for input of any length; `names` name the two inputs when their
         lengths differ (a DataError)."""
-        pairs = zip_lines(sources, names[0], targets, names[1])
+        if (sources is None) != self.language_model:
+            raise ConfigError("a language model reads no source: score its targets alone" if self.language_model
+                              else "a translation model scores each target given its source: give the sources too")
+        pairs = zip_lines(sources, names[0], targets, names[1]) if sources is not None else (("", t) for t in targets)
         return score(self.model, self.tokenizers, pairs, batch_size=self.search.batch_size,
                      precision=self.search.precision, chunk_lines=chunk_lines)
 
