@@ -67,7 +67,8 @@ class Request(NamedTuple):
 
 class Batcher:
     """Searchers translating queued requests in rounds: a free searcher waits up to `max_wait_s` after a round's
-    first request for more (less once a full batch of lines is waiting), then takes every request queued.
+    first request for more (less once a full batch of lines, or with several searchers its share, is waiting),
+    then takes the queued requests, oldest first: all of them, or with several searchers its share of the lines.
 
     `workers`: searchers, each but a lone one in its own forked process (0 = one per core on a Linux CPU, as
     `seq2seq translate --workers`; 1 on a GPU). `threads`: torch threads for each search (0 = the cores shared
@@ -91,6 +92,7 @@ class Batcher:
         self._pool = self._new_pool()
         self._queue: deque[Request] = deque()
         self._queued_lines = 0
+        self._searching_lines = 0
         self._closed = False
         self._changed = threading.Condition()
         self._searchers = [threading.Thread(target=self._work, name=f"seq2seq-batcher-{number}", daemon=True)
@@ -158,6 +160,9 @@ class Batcher:
                     groups.setdefault(key, []).append(request)
             for group in groups.values():
                 self._search(group)
+            with self._changed:
+                self._searching_lines -= sum(len(request.lines) for request in round_)
+                self._changed.notify_all()
 
     def _next_round(self) -> list[Request]:
         """The requests of this searcher's next round; empty once closed and drained."""
@@ -166,14 +171,34 @@ class Batcher:
                 while not self._queue and not self._closed:
                     self._changed.wait()
                 deadline = time.monotonic() + self.max_wait_s
-                while (not self._closed and self._queued_lines < self.translator.search.batch_size
+                while (not self._closed and self._queued_lines < self._awaited_lines()
                        and (left := deadline - time.monotonic()) > 0):
                     self._changed.wait(left)
                 if self._queue or self._closed:  # else another searcher took them meanwhile
-                    round_ = list(self._queue)
-                    self._queue.clear()
-                    self._queued_lines = 0
-                    return round_
+                    return self._take(self._share())
+
+    def _share(self) -> int:
+        """A searcher's even share of the lines in the batcher, queued or being searched. Taking no more than
+        it evens out the rounds: with closed-loop clients, a searcher that took few lines once would otherwise
+        take the same few again each time they came back, searching them in small, slow batches."""
+        return -(-(self._queued_lines + self._searching_lines) // self.workers)
+
+    def _awaited_lines(self) -> int:
+        """Lines a free searcher waits for (until `max_wait_s`): a full batch, or with several searchers its
+        share, if less, since more would only wait for it."""
+        batch_size = self.translator.search.batch_size
+        return batch_size if self.workers == 1 else min(batch_size, self._share())
+
+    def _take(self, lines: int) -> list[Request]:
+        """Queued requests, oldest first, until they hold `lines` lines (a request is never split)."""
+        round_: list[Request] = []
+        taken = 0
+        while self._queue and taken < lines:
+            round_.append(request := self._queue.popleft())
+            taken += len(request.lines)
+        self._queued_lines -= taken
+        self._searching_lines += taken
+        return round_
 
     def _search(self, group: list[Request]) -> None:
         """Translate a group's lines in one call and hand each request its share. Should the call fail with a

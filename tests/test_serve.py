@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from seq2seq import checkpoint  # noqa: E402
 from seq2seq.batching import Batcher, OverLimit  # noqa: E402
 from seq2seq.config import SearchConfig  # noqa: E402
 from seq2seq.tokenizer import Tokenizers  # noqa: E402
+from seq2seq.translation import Translation  # noqa: E402
 from seq2seq.translator import Translator  # noqa: E402
 from tests.conftest import save_untrained_model  # noqa: E402
 
@@ -308,6 +309,46 @@ def test_workers_search_in_their_own_processes_as_the_library_does(model_path: P
                                     **ask.get("options", {}))
         assert [[(hyp.text, round(hyp.score, 4), hyp.alignment) for hyp in hyps] for hyps in got] == \
             [[(hyp.text, round(hyp.score, 4), hyp.alignment) for hyp in hyps] for hyps in alone]
+
+
+class GatedBatcher(Batcher):
+    """A batcher whose searches record their size and then wait for the test to let one finish."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.rounds: list[int] = []
+        self.gate = threading.Semaphore(0)
+        super().__init__(*args, **kwargs)
+
+    def _translate(self, lines: list[str], options: object) -> list[list[Translation]]:
+        self.rounds.append(len(lines))
+        self.gate.acquire()
+        return [[] for _ in lines]
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "the batcher's searchers did not get there"
+        time.sleep(0.01)
+
+
+def test_a_free_searcher_takes_its_share_of_the_lines_and_leaves_the_rest_to_the_next(
+        model_path: Path, lines: list[str]) -> None:
+    # Two searchers each busy with one line; six lines queue up meanwhile. The first to finish takes its even
+    # share of the eight lines in the batcher (four, counting the line still being searched), not all six: so
+    # closed-loop clients do not stay in the lopsided rounds they once fell into.
+    batcher = GatedBatcher(Translator(*_loaded(model_path), device="cpu"), workers=2, max_wait_s=0)
+    futures = [batcher.submit(lines[:1])]
+    _until(lambda: batcher.rounds == [1])
+    futures.append(batcher.submit(lines[1:2]))
+    _until(lambda: batcher.rounds == [1, 1])
+    futures += [batcher.submit([line]) for line in lines[2:8]]
+    batcher.gate.release()
+    _until(lambda: len(batcher.rounds) == 3)
+    batcher.gate.release(len(futures))
+    batcher.close()
+    assert batcher.rounds[:3] == [1, 1, 4] and sum(batcher.rounds) == 8
+    assert all(future.done() for future in futures)
 
 
 def _children() -> set[int]:
