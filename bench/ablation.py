@@ -3,6 +3,7 @@
     python bench/ablation.py --data ../shared/data/multi30k --runs runs/ablation [--rows gru rnn] [--minutes 30]
 
 Each row trains `seq2seq train --config data/recipes/multi30k.toml --precision bf16 --max-time MINUTES`
+(--precision fp32 on a CPU without bf16 units)
 with its `--set` changes, de->en, then translates test_2016_flickr with the run's best.pt (best
 validation BLEU) at beam 5 and greedily, and scores both with sacreBLEU (cased, 13a, detokenized).
 Run it with nothing else busy: a second job slows training, and the budget is wall-clock time.
@@ -48,7 +49,7 @@ def train_row(name: str, args: argparse.Namespace) -> dict:
     settings = [option for change in changes for option in ("--set", change)]
     seq2seq("train", "--config", str(RECIPE), "--source", str(args.data / "train.de.gz"),
             "--target", str(args.data / "train.en.gz"), "--valid-source", str(args.data / "val.de.gz"),
-            "--valid-target", str(args.data / "val.en.gz"), "--output", str(run), "--precision", "bf16",
+            "--valid-target", str(args.data / "val.en.gz"), "--output", str(run), "--precision", args.precision,
             "--max-time", str(args.minutes), "--quiet", *settings)
     validations = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     best = max(validations, key=lambda row: row["valid_bleu"])
@@ -60,7 +61,7 @@ def train_row(name: str, args: argparse.Namespace) -> dict:
             seq2seq("translate", "-m", str(run / "best.pt"), "-i", str(args.data / "test_2016_flickr.de.gz"),
                     "-o", str(hypotheses), "--beam-size", str(beam), "-q")
             test_bleu[beam] = sacrebleu.corpus_bleu(read_lines(hypotheses), [references]).score
-    return {"row": name, "set": changes, "minutes": args.minutes, "date": time.strftime("%Y-%m-%d"),
+    return {"row": name, "set": changes, "minutes": args.minutes, "precision": args.precision, "date": time.strftime("%Y-%m-%d"),
             "updates": validations[-1]["step"], "best_step": best["step"], "valid_bleu": best["valid_bleu"],
             "test_beam5": test_bleu[5], "test_greedy": test_bleu[1]}
 
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                        help="fp32 where the CPU has no bf16 units; keep its rows in their own --results file")
     parser.add_argument("--results", type=Path, default=HERE / "ablation-results.jsonl", help="one JSON line per measured row")
     args = parser.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,10 @@ class LineProgress:
     Use as a context manager; call `advance()` after each line is written. Disabled, it shows nothing.
     """
 
-    def __init__(self, total: int | None, *, enabled: bool, every_s: float | None = None) -> None:
+    def __init__(self, total: int | None, *, enabled: bool, every_s: float | None = None,
+                 verbs: tuple[str, str] = ("translating", "translated")) -> None:
         self.total, self.enabled, self.done = total, enabled, 0
+        self.doing, self.did = verbs  # a language model continues its lines
         self.every_s = LOG_EVERY_S if every_s is None else every_s
         self.live = enabled and err.is_terminal
         self.progress = Progress(
@@ -40,7 +42,7 @@ class LineProgress:
             TimeRemainingColumn(), console=err, redirect_stdout=False, redirect_stderr=False, transient=True,
             disable=not self.live,
         )
-        self.task = self.progress.add_task("translating", total=total)
+        self.task = self.progress.add_task(self.doing, total=total)
         self.start = self.logged = time.perf_counter()
 
     def __enter__(self) -> LineProgress:
@@ -53,7 +55,7 @@ class LineProgress:
     def advance(self) -> None:
         self.done += 1
         if self.live:
-            self.progress.update(self.task, completed=self.done, description="translating")
+            self.progress.update(self.task, completed=self.done, description=self.doing)
             return
         now = time.perf_counter()
         if self.enabled and now - self.logged >= self.every_s:
@@ -69,12 +71,12 @@ class LineProgress:
         now = time.perf_counter()
         if self.enabled and now - self.logged >= self.every_s:
             self.logged = now
-            say(f"translated {self.done:,} lines; {text}")
+            say(f"{self.did} {self.done:,} lines; {text}")
 
     def _line(self, seconds: float) -> str:
         rate = self.done / max(seconds, 1e-9)
         if not self.total:
-            return f"translated {self.done:,} lines, {rate:,.1f} lines/s"
+            return f"{self.did} {self.done:,} lines, {rate:,.1f} lines/s"
         left = (self.total - self.done) / max(rate, 1e-9)
-        return (f"translated {self.done:,} of {self.total:,} lines ({100 * self.done / self.total:.0f}%), "
+        return (f"{self.did} {self.done:,} of {self.total:,} lines ({100 * self.done / self.total:.0f}%), "
                 f"{rate:,.1f} lines/s, about {left / 60:.1f} min left")

@@ -97,14 +97,16 @@ def translate(
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         input_path = _lines_read(translator, input_path, score_target)
         interactive = input_path == "-" and sys.stdin.isatty()
+        verbs = ("continuing", "continued") if translator.language_model else ("translating", "translated")
         if interactive and not quiet:
-            say(f"reading lines from the terminal; each is {'continued' if translator.language_model else 'translated'} when entered (Ctrl-D to finish)")
+            say(f"reading lines from the terminal; each is {verbs[1]} when entered (Ctrl-D to finish)")
         warn = (lambda message: None) if quiet else (lambda message: say(f"warning: {message}"))
         lines, total = seq2seq.source_lines(input_path, on_invalid=warn)
         lines, share, first = shard.take(lines, total)
         name = seq2seq.display_name(input_path)
         # Translations scrolling on the terminal are their own progress; typed input has no "how far".
-        progress = LineProgress(share, enabled=not (quiet or interactive or (output_path == "-" and sys.stdout.isatty())))
+        progress = LineProgress(share, enabled=not (quiet or interactive or (output_path == "-" and sys.stdout.isatty())),
+                                verbs=verbs)
         perplexity = seq2seq.Perplexity()
         if score_target is not None:
             results = _scores(translator, lines, score_target, name, perplexity, interactive=interactive)
@@ -122,7 +124,8 @@ def translate(
             count, pieces = _write(results, out, after=after, render=render, first=first)
         count, pieces = shard.sum(count, pieces)
         if not quiet and not interactive:
-            _summary(count, pieces, time.perf_counter() - start, translator.search, perplexity=None if score_target is None else perplexity)
+            _summary(count, pieces, time.perf_counter() - start, translator.search, perplexity=None if score_target is None else perplexity,
+                     verb=verbs[1])
 
 
 def _long_line_warnings(name: str, max_source_pieces: int, warn: Callable[[str], None], *,
@@ -192,11 +195,13 @@ def _scores(translator: Translator, lines: Iterator[str], score_target: str, nam
         yield [scored]
 
 
-def _summary(count: int, pieces: int, seconds: float, search: SearchConfig, *, perplexity: Perplexity | None) -> None:
-    """The closing line: how many lines, how fast, and how the outputs were made (or the scored text's perplexity)."""
+def _summary(count: int, pieces: int, seconds: float, search: SearchConfig, *, perplexity: Perplexity | None,
+             verb: str) -> None:
+    """The closing line: how many lines, how fast, and how the outputs were made (or the scored text's perplexity).
+    `verb`: what was done to each input line (translated, or continued by a language model)."""
     scoring = perplexity is not None
     how = "" if scoring else f", sampling at temperature {search.temperature}" if search.sample else f", beam {search.beam_size}"
-    say(f"{'scored' if scoring else 'translated'} {count:,} lines ({pieces:,} target pieces) in {seconds:.1f} s: "
+    say(f"{'scored' if scoring else verb} {count:,} lines ({pieces:,} target pieces) in {seconds:.1f} s: "
         f"{count / max(seconds, 1e-9):,.1f} lines/s{how}")
     if perplexity is not None and perplexity.pieces:
         say(f"perplexity {perplexity.per_piece:.3f} per piece ({perplexity.pieces:,} pieces, EOS included), "

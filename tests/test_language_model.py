@@ -125,6 +125,15 @@ def test_samples_continue_their_prompts_and_repeat_with_the_seed(trained: Path) 
     assert other_seed != [sample.text for sample in samples]
 
 
+def test_the_command_continues_its_input_lines_and_says_so(trained: Path) -> None:
+    result = runner.invoke(app, ["translate", "-m", str(trained / "best.pt"), "--sample", "--seed", "3",
+                                 "--max-length-constant", "12"], input="EHT\nTAC\n")
+    assert result.exit_code == 0, result.output
+    outputs = result.stdout.splitlines()
+    assert len(outputs) == 2 and outputs[0].startswith("EHT") and outputs[1].startswith("TAC")
+    assert "continued 2 lines" in result.stderr and "translated" not in result.stderr
+
+
 def test_the_best_continuation_scores_as_force_scoring_says(trained: Path) -> None:
     """Beam search from an empty prompt, then force-scoring its output: the same log-probability."""
     translator = seq2seq.load(trained / "best.pt", beam_size=3)
