@@ -9,7 +9,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from cli.console import err, say
 from cli.info import started_from
-from seq2seq import COMPLETE, DataReady, Event, Finished, NonFinite, Preparing, StepsDone, TrainConfig, Validated
+from seq2seq import (COMPLETE, DataReady, Event, Finished, NonFinite, Preparing, StepsDone, ThreadsChanged, TrainConfig,
+                     Validated)
 
 BAR_UNITS = 1000  # the bar tracks whichever limit (steps or minutes) is nearer
 STAGES = {
@@ -65,6 +66,9 @@ class TrainingReporter:
             if event.started_from:
                 say(f"fine-tuning {started_from(event.started_from)}: its weights and tokenizers, a new optimizer, "
                     "schedule and step count")
+            if event.threads:
+                say(f"CPU threads: {event.threads}" + (" (train.threads)" if self.settings.threads else
+                    " (fewer while other programs take cores; train.threads = N pins N)"))
             if event.resumed_step:
                 say(f"resuming after step {event.resumed_step:,} with the run's own tokenizers, optimizer state and RNG")
             if self.settings.ema_decay:
@@ -81,6 +85,9 @@ class TrainingReporter:
         elif isinstance(event, NonFinite):
             say(f"step {event.step:,}: loss {event.loss:.3g}, gradient norm {event.grad_norm:.3g}: not finite, update "
                 f"skipped ({event.in_a_row} in a row; training stops at {self.settings.max_nonfinite})")
+        elif isinstance(event, ThreadsChanged):
+            say(f"other programs are using {event.others:.1f} of {event.cores} cores: training on {event.threads} "
+                f"CPU thread{'s' if event.threads > 1 else ''} (was {event.was})")
         elif isinstance(event, Validated):
             scores = "".join(f" | {_label(name)} {value:.2f}" for name, value in event.scores.items())
             averaged = " (averaged weights)" if self.settings.ema_decay else ""

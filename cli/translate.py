@@ -61,6 +61,7 @@ def translate(
     quantize: Annotated[str | None, Opt(help="int8: int8 weights for the decoder's linear layers (faster on CPU), or none. [default: none]", show_default=False, rich_help_panel="Search")] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda (auto: the GPU when CUDA is available; int8 runs on the CPU).", rich_help_panel="Search")] = "auto",
     workers: Annotated[int, Opt(min=0, help="Processes translating batches side by side on the CPU, its cores shared among them; 0 = one per core (up to 8) on Linux, else 1. A GPU translates in one.", rich_help_panel="Search")] = 0,
+    threads: Annotated[int, Opt(min=0, help="CPU threads for each process that translates; 0 = the cores shared among the --workers (with --workers 1: torch's count, fewer while other programs take cores).", rich_help_panel="Search")] = 0,
     nbest: Annotated[int, Opt(min=1, help="Print the N best (with --sample: N samples) as `id ||| hypothesis ||| score` (Moses format, 0-based id).", rich_help_panel="Output")] = 1,
     scores: Annotated[bool, Opt("--scores", help="Append a tab and the score to each translation.", rich_help_panel="Output")] = False,
     alignment: Annotated[bool, Opt("--alignment", help="Follow each translation with ` ||| ` and its hard alignment: 0-based `source-target` piece index pairs (Marian style).", rich_help_panel="Output")] = False,
@@ -97,9 +98,7 @@ def translate(
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         input_path = _lines_read(translator, input_path, score_target)
         interactive = input_path == "-" and sys.stdin.isatty()
-        verbs = ("continuing", "continued") if translator.language_model else ("translating", "translated")
-        if interactive and not quiet:
-            say(f"reading lines from the terminal; each is {verbs[1]} when entered (Ctrl-D to finish)")
+        verbs = _verbs(translator, greet=interactive and not quiet)
         warn = (lambda message: None) if quiet else (lambda message: say(f"warning: {message}"))
         lines, total = seq2seq.source_lines(input_path, on_invalid=warn)
         lines, share, first = shard.take(lines, total)
@@ -116,7 +115,7 @@ def translate(
                 lines, nbest=nbest, chunk_lines=1 if interactive else None, attention=alignment or attention_plot is not None,
                 max_source_pieces=max_source_pieces, workers=workers, replace_unk=replace_unk,
                 prefixes=_prefixes(prefix, shard, total, name), on_step=progress.step,
-                **_long_line_warnings(name, max_source_pieces, warn, first=first))
+                threads=threads, **_warnings(name, max_source_pieces, warn, first=first))
             render = partial(_render, nbest=nbest, scores=scores, alignment=alignment)
         after = _then_advance(_attention_drawer(attention_plot, translator, name), progress)
         start = time.perf_counter()
@@ -128,11 +127,22 @@ def translate(
                      verb=verbs[1])
 
 
-def _long_line_warnings(name: str, max_source_pieces: int, warn: Callable[[str], None], *,
-                        first: int) -> dict[str, Callable]:
-    """What the user is told of a line cut to --max-source-pieces, and of a line long enough to search for a while
-    (the translator numbers the lines it is given: `first` lines of the input come before them)."""
+def _verbs(translator: Translator, *, greet: bool) -> tuple[str, str]:
+    """What is done to each line, as the progress and the summary say it; with `greet`, the terminal is told."""
+    verbs = ("continuing", "continued") if translator.language_model else ("translating", "translated")
+    if greet:
+        say(f"reading lines from the terminal; each is {verbs[1]} when entered (Ctrl-D to finish)")
+    return verbs
+
+
+def _warnings(name: str, max_source_pieces: int, warn: Callable[[str], None], *, first: int) -> dict[str, Callable]:
+    """What the user is told of a line cut to --max-source-pieces, of a line long enough to search for a while
+    (the translator numbers the lines it is given: `first` lines of the input come before them), and of
+    fewer threads while other programs take cores."""
     return dict(
+        on_threads=lambda change: warn(f"other programs are using {change.others:.1f} of {change.cores} cores: "
+                                       f"translating on {change.threads} CPU thread{'s' if change.threads > 1 else ''} "
+                                       f"(was {change.was}; --threads N pins the count)"),
         on_cut=lambda number, pieces: warn(f"{name}:{first + number}: {pieces:,} pieces long; only the first "
                                            f"{max_source_pieces:,} are translated (--max-source-pieces)"),
         on_long_line=lambda line: warn(f"{name}:{first + line.number}: {line.pieces:,} pieces: its search may take up "

@@ -63,6 +63,7 @@ _LAZY = {
     "DataReady": ("seq2seq.events", "DataReady"),
     "StepsDone": ("seq2seq.events", "StepsDone"),
     "NonFinite": ("seq2seq.events", "NonFinite"),
+    "ThreadsChanged": ("seq2seq.cores", "ThreadsChanged"),
     "Validated": ("seq2seq.events", "Validated"),
     "Finished": ("seq2seq.events", "Finished"),
     "COMPLETE": ("seq2seq.events", "COMPLETE"),
@@ -129,6 +130,7 @@ if TYPE_CHECKING:
     from seq2seq.config import to_dict as config_dict
     from seq2seq.config import to_toml as config_toml
     from seq2seq.defaults import settings_for_run, tokenizer_cache
+    from seq2seq.cores import ThreadsChanged
     from seq2seq.events import COMPLETE, DataReady, Event, Finished, NonFinite, Preparing, StepsDone, Validated
     from seq2seq.ensemble import Ensemble
     from seq2seq.language_model import LanguageModel

@@ -90,7 +90,8 @@ class TrainConfig:
     valid_every: int = 500             # validate (loss, perplexity, greedy search's scores) every N updates
     log_every: int = 50                # report loss, gradient norm and speed every N updates
     max_nonfinite: int = 5             # stop after this many updates in a row skipped for a NaN/inf loss or gradient
-    threads: int = 0                   # torch intra-op threads (0 = torch's choice)
+    threads: int = 0                   # torch intra-op threads; 0 = torch's choice on an idle machine, fewer while
+                                       # other programs take cores (seq2seq.cores); N pins N, whatever else runs
     precision: str = "fp32"            # fp32 | bf16 (autocast for the forward pass; weights and updates stay fp32)
     backend: str = "auto"              # auto | gloo | nccl: how torchrun's processes talk (auto: nccl with CUDA, else gloo)
     device: str = "auto"               # auto | cpu | cuda: where one process trains (auto: the GPU when CUDA is available)

@@ -1,7 +1,8 @@
 """What training reports while it runs: typed events, handed to a callback (the CLI draws them; a script may log them).
 
 A run reports `Preparing` stages, then `DataReady` once, then `StepsDone` every train.log_every updates,
-`Validated` after each validation, `NonFinite` for each skipped update, and `Finished` last.
+`Validated` after each validation, `NonFinite` for each skipped update, `ThreadsChanged` when torch's thread
+count follows the cores other programs leave free (train.threads = 0, on a CPU: `seq2seq.cores`), and `Finished` last.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seq2seq.cores import ThreadsChanged
 from seq2seq.data import FilterStats
 
 LIMITS = ("max_steps", "max_time")
@@ -38,6 +40,7 @@ class DataReady:
     replaced_unfinished: tuple[str, ...] = ()  # files left by an earlier start that saved no checkpoint, now replaced
     started_from: dict[str, Any] | None = None  # fine-tuning: the model file's path ("file"), "step", "metric" and "score"
     language_model: bool = False  # the text is target lines alone, read by a language model
+    threads: int = 0  # torch's CPU threads at the first update (0 on a GPU)
 
 
 @dataclass(frozen=True)
@@ -96,5 +99,5 @@ class Finished:
     elapsed: float
 
 
-Event = Preparing | DataReady | StepsDone | NonFinite | Validated | Finished
+Event = Preparing | DataReady | StepsDone | NonFinite | Validated | ThreadsChanged | Finished
 Report = Callable[[Event], None]

@@ -31,6 +31,7 @@ from torch import nn
 from seq2seq import distributed, metrics, runfolder
 from seq2seq.checkpoint import TrainedModel
 from seq2seq.config import Config, TrainConfig, validation_metrics
+from seq2seq.cores import CoreWatch
 from seq2seq.data import Batch, Example, Examples, collate, plan_batches, share
 from seq2seq.distributed import ALONE, World
 from seq2seq.ema import WeightAverage
@@ -132,13 +133,16 @@ def _train(
     report(DataReady(begun.stats, len(begun.valid_src), begun.tokenizers.src.vocab_size, begun.tokenizers.tgt.vocab_size,
                      sum(p.numel() for p in model.parameters()), len(plan), state.step,
                      tuple(tokenizer_cache.used) if tokenizer_cache else (), tuple(folder.unfinished), begun.started_from,
-                     cfg.model.language_model))
-    return _loop(run, state, plan, report, should_stop)
+                     cfg.model.language_model, torch.get_num_threads() if world.device.type == "cpu" else 0))
+    watch = CoreWatch(report) if not cfg.train.threads and world.device.type == "cpu" else None
+    with watch or nullcontext():
+        return _loop(run, state, plan, report, should_stop, watch)
 
 
-def _loop(run: _Run, state: LoopState, plan: list[list[int]], report: Report, should_stop: StopCheck) -> Finished:
+def _loop(run: _Run, state: LoopState, plan: list[list[int]], report: Report, should_stop: StopCheck,
+          watch: CoreWatch | None) -> Finished:
     """Update, report, validate and save until a limit, early stopping, a stop request or too many non-finite steps;
-    `plan` holds the batches of the current epoch."""
+    `plan` holds the batches of the current epoch; `watch` (on a CPU, threads not pinned) follows the free cores."""
     settings = run.cfg.train
     start = time.perf_counter() - state.elapsed
     window = _Window()
@@ -169,6 +173,8 @@ def _loop(run: _Run, state: LoopState, plan: list[list[int]], report: Report, sh
         window.add(loss * tokens, tokens, grad_norm, settings.clip_norm or math.inf, finite, time.perf_counter() - step_start)
         if not finite:
             report(NonFinite(state.step, loss, grad_norm, state.nonfinite_in_a_row))
+        if watch:
+            watch.look()
         state.elapsed = time.perf_counter() - start
         reason = _stop_reason(state, settings, should_stop, run.world)
         if state.step % settings.log_every == 0 or reason:

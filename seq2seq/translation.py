@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from itertools import islice, repeat
 from typing import NamedTuple, TypeVar
 
@@ -18,6 +18,7 @@ import torch
 from seq2seq import devices
 from seq2seq.checkpoint import TrainedModel
 from seq2seq.config import SearchConfig
+from seq2seq.cores import CoreWatch, ThreadsChanged
 from seq2seq.data import pad
 from seq2seq.errors import ConfigError, OutOfMemory
 from seq2seq.ensemble import Ensemble
@@ -189,7 +190,7 @@ def translate(
     nbest: int = 1, chunk_lines: int | None = None, attention: bool = False, max_source_pieces: int = 0,
     on_cut: Callable[[int, int], None] = lambda number, pieces: None, workers: int = 1, top_k: TopK = torch_top_k,
     prefixes: Iterable[str] | None = None, on_long_line: Callable[[LongLine], None] = lambda line: None,
-    on_step: OnStep | None = None,
+    on_step: OnStep | None = None, threads: int = 0, on_threads: Callable[[ThreadsChanged], None] = lambda change: None,
 ) -> Iterator[list[Translation]]:
     """Yield the nbest translations of each line (its samples, with `search.sample`), in input order, as soon
     as its chunk is done.
@@ -212,6 +213,9 @@ def translate(
     With `workers` above 1, that many forked processes search the batches side by side on the CPU
     (`seq2seq.workers`): the results are the same as one process's, up to rounding, and a chunk comes
     out once the next one has been read and handed to them.
+    `threads`: torch's CPU threads for each process that searches (0 = with one process, torch's count, fewer while
+    other programs take cores (`seq2seq.cores`; `on_threads` hears of each change); with workers, the cores shared
+    among them). The count is put back as it was at the end.
     """
     # checked now, not when the first line is read
     no_attention = "a language model" if is_language_model(model) else "model.attention = none"
@@ -231,7 +235,7 @@ def translate(
         pairs = zip_lines(lines, "input lines", prefixes, "prefixes") if prefixes is not None else zip(lines, repeat(""))
     return _translate(model, tokenizers, pairs, search, nbest=nbest, chunk_lines=chunk_lines or 8 * search.batch_size,
                       attention=attention, max_source_pieces=max_source_pieces, on_cut=on_cut, workers=workers,
-                      top_k=top_k, on_long_line=on_long_line, on_step=on_step)
+                      top_k=top_k, on_long_line=on_long_line, on_step=on_step, threads=threads, on_threads=on_threads)
 
 
 LONG_LINE = 1_000  # source pieces from which a line is announced before its search (`LongLine`) and followed step by step
@@ -285,10 +289,13 @@ BatchResult = list[list[tuple[Hypothesis, SourceAttention | None]]]  # per line 
 def _translate(
     model: Model, tokenizers: Tokenizers, lines: Iterator[tuple[str, str]], search: SearchConfig, *,
     nbest: int, chunk_lines: int, attention: bool, max_source_pieces: int, on_cut: Callable[[int, int], None],
-    workers: int, top_k: TopK, on_long_line: Callable[[LongLine], None], on_step: OnStep | None,
+    workers: int, top_k: TopK, on_long_line: Callable[[LongLine], None], on_step: OnStep | None, threads: int,
+    on_threads: Callable[[ThreadsChanged], None],
 ) -> Iterator[list[Translation]]:
     """`translate`'s loop, once its arguments are checked."""
     device = devices.of(model)
+    in_process = device.type == "cpu" and workers <= 1
+    watch = CoreWatch(on_threads, pinned=threads) if in_process else None
     covering = search.coverage_penalty > 0 and not search.sample  # re-rank the whole beam by coverage
     rows = nbest if search.sample else search.beam_size
     parent = os.getpid()  # a worker inherits this loop through fork; it must not report progress itself
@@ -305,6 +312,8 @@ def _translate(
                             numbers=[source.line for source in part], on_step=on_step if long else None)
 
     def search_lines(sources: list[_Source]) -> BatchResult:
+        if watch and os.getpid() == parent:
+            watch.look()
         found = halving(find, sources, lambda source: len(source.ids), device)
         looked = (halving(lambda part: _attention(model, part, search.precision),
                            [(source.ids, hypotheses) for source, hypotheses in zip(sources, found)],
@@ -317,14 +326,16 @@ def _translate(
 
     chunks = _chunks(tokenizers, lines, search.batch_size, chunk_lines, max_source_pieces, on_cut, announce,
                      search_empty=is_language_model(model))
-    for chunk, found in map_in_order(search_lines, chunks, lambda chunk: chunk.sources, workers):
-        results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in range(chunk.size)]
-        # one SentencePiece call per chunk: each call has a fixed cost (it starts threads)
-        texts = iter(tokenizers.tgt.decode([hyp.tokens for batch in found for line in batch for hyp, _ in line]))
-        for numbers, batch in zip(chunk.numbers, found):
-            for number, line in zip(numbers, batch):
-                results[number] = [Translation(next(texts), hyp.score, hyp.tokens, seen) for hyp, seen in line]
-        yield from results
+    counted: AbstractContextManager[CoreWatch | None] = watch or nullcontext()
+    with counted:
+        for chunk, found in map_in_order(search_lines, chunks, lambda chunk: chunk.sources, workers, threads):
+            results: list[list[Translation]] = [[Translation("", 0.0, [])] for _ in range(chunk.size)]
+            # one SentencePiece call per chunk: each call has a fixed cost (it starts threads)
+            texts = iter(tokenizers.tgt.decode([hyp.tokens for batch in found for line in batch for hyp, _ in line]))
+            for numbers, batch in zip(chunk.numbers, found):
+                for number, line in zip(numbers, batch):
+                    results[number] = [Translation(next(texts), hyp.score, hyp.tokens, seen) for hyp, seen in line]
+            yield from results
 
 
 def by_coverage(line: list[tuple[Hypothesis, SourceAttention | None]], search: SearchConfig,

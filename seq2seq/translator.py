@@ -25,6 +25,7 @@ import torch
 
 from seq2seq import checkpoint, devices
 from seq2seq.config import Config, SearchConfig, coerce
+from seq2seq.cores import ThreadsChanged
 from seq2seq.ensemble import Ensemble
 from seq2seq.errors import ConfigError
 from seq2seq.int8 import quantized_int8
@@ -121,22 +122,25 @@ class Translator:
         self, lines: Iterable[str], *, nbest: int = 1, attention: bool = False, chunk_lines: int | None = None,
         max_source_pieces: int = 0, on_cut: Callable[[int, int], None] = lambda number, pieces: None,
         workers: int = 1, prefixes: Iterable[str] | None = None, replace_unk: bool = False,
-        on_long_line: Callable[[LongLine], None] = lambda line: None, on_step: OnStep | None = None, **search: Any,
+        on_long_line: Callable[[LongLine], None] = lambda line: None, on_step: OnStep | None = None, threads: int = 0,
+        on_threads: Callable[[ThreadsChanged], None] = lambda change: None, **search: Any,
     ) -> Iterator[list[Translation]]:
         """`translate` one chunk at a time, for input of any length: each line's translations, in input order,
         as soon as its chunk is done (see `seq2seq.translation.translate` for `chunk_lines`, `max_source_pieces`,
-        `on_cut`, `prefixes`, `on_long_line` and `on_step`). `workers`: processes searching side by side on the CPU (0 = one per core, on
+        `on_cut`, `prefixes`, `on_long_line`, `on_step`, `threads` and `on_threads`). `workers`: processes searching side by side on the CPU (0 = one per core, on
         Linux). With sample=True, `nbest` is the number of samples per line. With `replace_unk`, each <unk> of an
         output becomes the source text it attended to most (`seq2seq.unknowns`). Every option is checked here,
         before any line is read."""
         settings = self.call_settings(nbest, **search)
         if max_source_pieces < 0:
             raise ConfigError(f"max_source_pieces must be 0 (no limit) or more, got {max_source_pieces}")
+        if threads < 0:
+            raise ConfigError(f"threads must be 0 (follow the free cores) or more, got {threads}")
         copier = UnknownCopier(self.model, self.tokenizers) if replace_unk else None
         results = translate(self.model, self.tokenizers, copier.reading(lines) if copier else lines, settings, nbest=nbest,
                             chunk_lines=chunk_lines, attention=attention or replace_unk, max_source_pieces=max_source_pieces,
                             on_cut=on_cut, workers=worker_count(workers, self.device), top_k=self._top_k, prefixes=prefixes,
-                            on_long_line=on_long_line, on_step=on_step)
+                            on_long_line=on_long_line, on_step=on_step, threads=threads, on_threads=on_threads)
         return copier.mended(results, keep_attention=attention) if copier else results
 
     @property

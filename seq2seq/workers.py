@@ -126,8 +126,10 @@ class WorkerPool:
 
 def map_in_order(
     job: Callable[[Item], Done], groups: Iterator[Group], items_of: Callable[[Group], Sequence[Item]], workers: int,
+    threads: int = 0,
 ) -> Iterator[tuple[Group, list[Done]]]:
-    """Each group with `job`'s result for each of its items, in order; with `workers` above 1, in a `WorkerPool`.
+    """Each group with `job`'s result for each of its items, in order; with `workers` above 1, in a `WorkerPool`
+    of `threads` threads each (0 = the cores torch uses shared among them).
 
     The workers start at the first group of two items or more (one item is not worth a process), and
     every later group goes to them. A group's items are queued before the previous group's results are
@@ -150,7 +152,7 @@ def map_in_order(
                 break
             items = items_of(group)
             if pool is None and workers > 1 and len(items) > 1:
-                pool = WorkerPool(job, workers, threads=max(1, torch.get_num_threads() // workers))
+                pool = WorkerPool(job, workers, threads=threads or max(1, torch.get_num_threads() // workers))
             if pool is None:
                 yield group, [job(item) for item in items]
                 continue
