@@ -190,3 +190,24 @@ def test_translation_threads_pinned_are_not_followed(translator: Translator, mon
         seen.append(torch.get_num_threads())
     assert changes == [] and set(seen) == {1}
     assert torch.get_num_threads() == 2
+
+
+def test_the_command_says_when_it_translates_on_fewer_threads_and_pins_on_request(
+        translator: Translator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    source = tmp_path / "in.txt"
+    source.write_text("".join(line + "\n" for line in LINES))
+    model = tmp_path / "model.pt"
+    busy_neighbour(monkeypatch)
+    base = ["translate", "-m", str(model), "-i", str(source), "--workers", "1", "--batch-size", "2"]
+    followed = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "followed.txt")])
+    pinned = CliRunner().invoke(app, [*base, "--threads", "2", "-o", str(tmp_path / "pinned.txt")])
+    assert followed.exit_code == 0 and pinned.exit_code == 0, followed.stderr + pinned.stderr
+    cores = len(os.sched_getaffinity(0))
+    assert (f"other programs are using {cores - 1.0:.1f} of {cores} cores: translating on 1 CPU thread (was 2"
+            in " ".join(followed.stderr.split()))
+    assert "other programs" not in pinned.stderr
+    assert (tmp_path / "followed.txt").read_text() == (tmp_path / "pinned.txt").read_text()
