@@ -1,6 +1,7 @@
 """`seq2seq serve` under load: one-line requests from concurrent keep-alive clients, against `seq2seq translate`.
 
     python bench/serve_load.py --model runs/de-en/best.pt --input test_2016_flickr.de.gz
+    python bench/serve_load.py --model runs/de-en/best.pt --input test_2016_flickr.de.gz --quantize int8
     python bench/serve_load.py --model runs/de-en/best.pt --input train.de.gz --requests 10000 \
         --concurrency 32 --no-baseline --rss-every 1000
 
@@ -113,7 +114,7 @@ def own_cpu_s() -> float:
     return times.user + times.system
 
 
-def baseline(model: str, source: Path, beam_size: int) -> tuple[list[str], float, float, Usage]:
+def baseline(model: str, source: Path, beam_size: int, quantize: str) -> tuple[list[str], float, float, Usage]:
     """`seq2seq translate` on `source`: its output lines, the whole command's seconds, the translate seconds it
     reports on stderr (after loading the model), and the machine's use meanwhile."""
     def children_cpu_s() -> float:
@@ -123,7 +124,8 @@ def baseline(model: str, source: Path, beam_size: int) -> tuple[list[str], float
     output = source.with_suffix(".out")
     with watching(children_cpu_s) as usage:
         done = subprocess.run([sys.executable, "-m", "seq2seq", "translate", "-m", model, "-i", str(source),
-                               "-o", str(output), "--beam-size", str(beam_size)], capture_output=True, text=True)
+                               "-o", str(output), "--beam-size", str(beam_size), "--quantize", quantize],
+                              capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"seq2seq translate failed:\n{done.stderr}")
     reported = re.search(r"translated [\d,]+ lines .* in ([\d.]+) s", done.stderr)
@@ -271,6 +273,7 @@ def main() -> None:
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="time `seq2seq translate` on the lines sent, and check every answer against its output")
     parser.add_argument("--rss-every", type=int, default=0, metavar="N", help="print the server's VmRSS every N requests")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none", help="for the command and the server alike")
     parser.add_argument("--serve-args", default="", help="more options for `seq2seq serve`, e.g. '--threads 1'")
     args = parser.parse_args()
     lines = read_lines(args.input)[: args.requests]
@@ -279,7 +282,7 @@ def main() -> None:
         if args.baseline:
             source = Path(folder, "source.de")
             source.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-            expected, whole, translating, usage = baseline(args.model, source, args.beam_size)
+            expected, whole, translating, usage = baseline(args.model, source, args.beam_size, args.quantize)
             cli_rate = len(lines) / translating
             print(f"seq2seq translate, {len(lines):,} lines, beam {args.beam_size}: {cli_rate:.1f} sentences/s translating "
                   f"({translating:.1f} s: the ratios' denominator), {len(lines) / whole:.1f} with start-up ({whole:.1f} s); "
@@ -287,7 +290,7 @@ def main() -> None:
         port, log = free_port(), Path(folder, "serve.log")
         with log.open("w") as log_file:
             server = subprocess.Popen([sys.executable, "-m", "seq2seq", "serve", "-m", args.model, "--port", str(port),
-                                       *shlex.split(args.serve_args)], stderr=log_file)
+                                       "--quantize", args.quantize, *shlex.split(args.serve_args)], stderr=log_file)
         try:
             wait_until_up(port, server, log)
             load(server.pid, port, lines, None, requests=64, concurrency=max(args.concurrency),
