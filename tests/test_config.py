@@ -175,7 +175,9 @@ def test_the_adaptation_settings_are_in_the_printed_config_off_by_default() -> N
 
     result = CliRunner().invoke(app, ["train", "--print-config", "--set", "train.accumulate=4"])
     assert result.exit_code == 0, result.output
-    # the embedded CMUdict recipe averages its weights; off is the settings' own default
-    for line in ("sampling_alpha = 0.0", "# init_from = (unset)", "accumulate = 4", "ema_decay = 0.999"):
+    # the embedded CMUdict recipe averages its weights and feeds no attentional vector back; the settings' own
+    # defaults are the other way round
+    for line in ("sampling_alpha = 0.0", "# init_from = (unset)", "accumulate = 4", "ema_decay = 0.999",
+                 "input_feeding = false"):
         assert line in result.stdout.splitlines()
-    assert TrainConfig().ema_decay == 0.0
+    assert TrainConfig().ema_decay == 0.0 and ModelConfig().input_feeding
