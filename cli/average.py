@@ -7,16 +7,16 @@ from typing import Annotated
 
 import typer
 
-from cli.console import say, user_errors
+from cli.console import help_epilog, say, user_errors
 
-EPILOG = """\
+EPILOG = help_epilog("""\
 \b
 Examples:
   seq2seq average runs/de-en/step-*.pt -o runs/de-en/averaged.pt
   seq2seq translate -m runs/de-en/averaged.pt < test.de
 
 Checkpoints of one run (same model settings and tokenizers) only; keep several with
---set train.keep_best=5 while training."""
+--set train.keep_best=5 while training.""")
 
 
 def average(

@@ -24,6 +24,13 @@ STDOUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
 err = Console(stderr=True, highlight=False, soft_wrap=True, quiet=not SPEAKS)
 
 
+def help_epilog(text: str) -> str:
+    """A command's epilog as rich help shows it well: the examples (the paragraph after \\b) line by line, the prose
+    joined so that it wraps at the terminal's width, and square brackets shown as typed, not read as markup."""
+    paragraphs = [part if part.startswith("\b") else " ".join(part.splitlines()) for part in text.split("\n\n")]
+    return "\n\n".join(paragraphs).replace("[", "\\[")
+
+
 def say(message: str) -> None:
     """One plain line for the user on stderr (markup in `message` is not interpreted)."""
     err.print(escape(message))

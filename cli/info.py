@@ -9,16 +9,16 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.console import user_errors
+from cli.console import help_epilog, user_errors
 
-EPILOG = """\
+EPILOG = help_epilog("""\
 \b
 Examples:
   seq2seq info runs/de-en/best.pt
   seq2seq info runs/de-en/best.pt --json | jq .info.valid_bleu
 
 The validation scores are those measured at the checkpoint's step (for best.pt, the best by
-train.select_metric)."""
+train.select_metric).""")
 
 
 def info(

@@ -7,18 +7,19 @@ from typing import Annotated
 
 import typer
 
-from cli.console import user_errors
+from cli.console import help_epilog, user_errors
 
-EPILOG = """\
+EPILOG = help_epilog("""\
 \b
 Examples:
   seq2seq plot runs/de-en                     # writes runs/de-en/curves.png
   seq2seq plot runs/de-en -o curves.png --width 1600 --height 1200
   seq2seq plot runs/de-en/metrics.jsonl -o curves.svg
 
-Validation loss, perplexity and BLEU (and training loss when the run logs it), against steps on
-the left and minutes on the right. Needs matplotlib: pip install 'seq2seq[plot]'. The picture's
-path is printed on stdout."""
+Validation loss and perplexity and each metric the run validated with (BLEU, chrF, WER, CER, TER,
+exact match; training loss when the run logs it), against steps on the left and minutes on the
+right; stars mark where best.pt was written. Needs matplotlib: pip install 'seq2seq[plot]'. The
+picture's path is printed on stdout.""")
 
 Opt = typer.Option
 
@@ -30,7 +31,7 @@ def plot(
     ],
     output: Annotated[
         Path | None, Opt("--output", "-o", metavar="FILE", show_default=False,
-                         help="Picture to write: .png, .pdf or .svg. [default: RUN/curves.png]")
+                         help="Picture to write: .png, .pdf or .svg. \\[default: RUN/curves.png]")
     ] = None,
     width: Annotated[int, Opt(min=100, help="Width in pixels.")] = 1200,
     height: Annotated[int, Opt(min=100, help="Height in pixels.")] = 900,

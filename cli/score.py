@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer.core import TyperCommand
 
-from cli.console import say, user_errors
+from cli.console import help_epilog, say, user_errors
 
 if TYPE_CHECKING:
     from seq2seq import Cell, Comparison
@@ -22,7 +22,7 @@ FORMATS = ("json", "text")
 INPUT_FLAGS = ("-i", "--input")
 SIGNIFICANT = 0.05  # sacrebleu stars a p-value at or below this
 
-EPILOG = """\
+EPILOG = help_epilog("""\
 \b
 Examples:
   seq2seq score ref.en -i hyp.en
@@ -42,7 +42,7 @@ every system with the first, the baseline: * marks p <= 0.05, a difference unlik
 WER: word edit distance summed over lines, over the reference words (words split at whitespace);
 CER: the same over characters, where runs of whitespace count as one space and the spaces between
 words count; exact: the share of lines equal to a reference. All three are percentages, case
-sensitive, and with several references take each line's nearest one."""
+sensitive, and with several references take each line's nearest one.""")
 
 
 class ScoreCommand(TyperCommand):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.console import say, user_errors
+from cli.console import help_epilog, say, user_errors
 from cli.translate import MAX_SOURCE_PIECES
 
 # A line of MAX_SOURCE_PIECES pieces, searched with the default length limit (2 x its pieces and its end, + 10),
@@ -17,7 +17,7 @@ MAX_OUTPUT_PIECES = 1_000
 if TYPE_CHECKING:
     from cli.serving import Served
 
-EPILOG = """\
+EPILOG = help_epilog("""\
 \b
 Examples:
   seq2seq serve -m runs/de-en/best.pt
@@ -28,7 +28,7 @@ Requests arriving within --max-wait-ms of each other are searched together, thos
 settings in the same batches: a request's translations are the ones `seq2seq translate` gives its
 lines. Each worker process takes the next round as soon as it is free, so one round is searched while
 the next gathers, and no more than its even share of the lines waiting and being searched. A browser
-at http://HOST:PORT/ gets a page to try the models, with the attention drawn. SIGTERM or Ctrl-C stops taking connections, answers the requests already taken, and exits 0."""
+at http://HOST:PORT/ gets a page to try the models, with the attention drawn. SIGTERM or Ctrl-C stops taking connections, answers the requests already taken, and exits 0.""")
 
 Opt = typer.Option
 

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.console import SPEAKS, say, say_error, user_errors
+from cli.console import SPEAKS, help_epilog, say, say_error, user_errors
 
 if TYPE_CHECKING:
     from seq2seq import Config, Finished, TokenizerCache, TrainingPreview
 
-EPILOG = """\
+EPILOG = help_epilog("""\
 \b
 Examples:
   seq2seq train                                   # the embedded CMUdict letters->phonemes corpus
@@ -29,7 +29,7 @@ Examples:
       --set tokenizer.sampling_alpha=0.1 --output runs/big   # 4 batches an update; averaged weights; sampled pieces
 
 Every setting lives in the config tree (see --print-config); flags and --set override the file.
-The best checkpoint's path is printed on stdout when training ends."""
+The best checkpoint's path is printed on stdout when training ends.""")
 
 Opt = typer.Option
 

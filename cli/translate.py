@@ -12,13 +12,13 @@ from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.console import say, user_errors
+from cli.console import help_epilog, say, user_errors
 
 if TYPE_CHECKING:
     from seq2seq import Perplexity, SearchConfig, Shard, TargetScore, Translation, Translator
     from cli.progress import LineProgress
 
-EPILOG = """\
+EPILOG = help_epilog("""\
 \b
 Examples:
   seq2seq translate -m runs/de-en/best.pt -i test.de -o test.en
@@ -38,7 +38,7 @@ Scores are the model's log-probability of the output pieces plus EOS (natural lo
 length penalty. Alignments pair 0-based source-target SentencePiece piece indices (fast_align /
 Moses `i-j`), each output piece with the source piece it attended to most. Typed at a terminal,
 each line is answered as soon as it is entered. Reading a file or a pipe, progress shows on stderr
-(a bar on a terminal, a line every 30 s otherwise); -q hides it."""
+(a bar on a terminal, a line every 30 s otherwise); -q hides it.""")
 
 Opt = typer.Option
 # Four times the default training limit (data.max_length): far above real sentences, far below what

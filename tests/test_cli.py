@@ -203,10 +203,37 @@ def test_unknown_setting_is_a_usage_error() -> None:
     assert "model.hidden" in result.stderr
 
 
+COMMANDS = ("train", "translate", "score", "serve", "info", "average", "plot")
+
+
 def test_every_command_has_help_with_an_example() -> None:
-    for command in ("train", "translate", "score"):
+    for command in COMMANDS:
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Examples" in result.stdout, command
+
+
+def test_help_epilog_keeps_examples_joins_prose_and_escapes_brackets() -> None:
+    from cli.console import help_epilog
+
+    text = "\b\nExamples:\n  seq2seq a\n  seq2seq b\n\nOne line\nand the next, pip install 'x[y]'."
+    assert help_epilog(text) == "\b\nExamples:\n  seq2seq a\n  seq2seq b\n\nOne line and the next, pip install 'x\\[y]'."
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_prose_fills_an_80_column_terminal(command: str) -> None:
+    """Each paragraph after the examples wraps at the terminal's width, not at the source's line breaks."""
+    result = runner.invoke(app, [command, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.stdout.split("Examples:", 1)[1].splitlines()]
+    paragraphs = "\n".join(lines).split("\n\n")[1:]  # the first is the examples
+    short = [line for paragraph in paragraphs for line in paragraph.strip().splitlines()[:-1] if len(line) < 60]
+    assert paragraphs and short == []
+
+
+def test_help_shows_square_brackets_as_typed() -> None:
+    result = runner.invoke(app, ["plot", "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "pip install 'seq2seq[plot]'" in text and "[default: RUN/curves.png]" in text
 
 
 def test_version_names_the_libraries() -> None:

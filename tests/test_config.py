@@ -181,3 +181,18 @@ def test_the_adaptation_settings_are_in_the_printed_config_off_by_default() -> N
                  "input_feeding = false"):
         assert line in result.stdout.splitlines()
     assert TrainConfig().ema_decay == 0.0 and ModelConfig().input_feeding
+
+
+RECIPES = sorted((Path(__file__).parent.parent / "data" / "recipes").glob("*.toml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[path.name for path in RECIPES])
+def test_every_shipped_recipe_loads_strictly_and_names_itself_in_its_command(recipe: Path) -> None:
+    config = resolve(recipe)  # refuses unknown keys, wrong types and values out of range
+    assert config != Config()
+    named = re.findall(r"--config (\S+\.toml)", recipe.read_text(encoding="utf-8"))
+    assert all(path == f"data/recipes/{recipe.name}" for path in named), named
+
+
+def test_the_recipes_folder_holds_the_default_and_the_longer_runs() -> None:
+    assert {"cmudict.toml", "cmudict-90min.toml", "multi30k.toml"} <= {path.name for path in RECIPES}
