@@ -32,7 +32,8 @@ def average(
         save_checkpoint(output, config=merged.config, tokenizers=merged.tokenizers, model=merged.model,
                         step=merged.step, info=merged.info)
         if not quiet:
-            say(f"averaged {len(models)} checkpoints (steps {', '.join(map(str, merged.info['averaged_steps']))}) into {output}")
+            steps = ", ".join(f"{step:,}" for step in sorted(merged.info["averaged_steps"]))
+            say(f"averaged {len(models)} checkpoints (steps {steps}) into {output}")
 
 
 def register(app: typer.Typer) -> None:

@@ -25,8 +25,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, quiet=not SPEAKS)
 
 
 def help_epilog(text: str) -> str:
-    """A command's epilog as rich help shows it well: the examples (the paragraph after \\b) line by line, the prose
-    joined so that it wraps at the terminal's width, and square brackets shown as typed, not read as markup."""
+    """A command's epilog as rich help shows it well: the examples (the paragraph that starts with \\b) line
+    by line, the prose joined so that it wraps at the terminal's width, and square brackets shown as typed,
+    not read as markup."""
     paragraphs = [part if part.startswith("\b") else " ".join(part.splitlines()) for part in text.split("\n\n")]
     return "\n\n".join(paragraphs).replace("[", "\\[")
 

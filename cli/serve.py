@@ -28,7 +28,8 @@ Requests arriving within --max-wait-ms of each other are searched together, thos
 settings in the same batches: a request's translations are the ones `seq2seq translate` gives its
 lines. Each worker process takes the next round as soon as it is free, so one round is searched while
 the next gathers, and no more than its even share of the lines waiting and being searched. A browser
-at http://HOST:PORT/ gets a page to try the models, with the attention drawn. SIGTERM or Ctrl-C stops taking connections, answers the requests already taken, and exits 0.""")
+at http://HOST:PORT/ gets a page to try the models, with the attention drawn. SIGTERM or Ctrl-C stops
+taking connections, answers the requests already taken, and exits 0.""")
 
 Opt = typer.Option
 

@@ -90,7 +90,8 @@ def test_averaging_refuses_checkpoints_of_different_models(tmp_path: Path, token
 
 
 def test_average_command_writes_a_model_that_loads(tmp_path: Path, tokenizers) -> None:
-    paths = [str(_saved(tmp_path, f"{seed}.pt", seed, tokenizers)) for seed in (1, 2)]
+    paths = [str(_saved(tmp_path, f"{seed}.pt", seed, tokenizers)) for seed in (2, 1)]  # as a glob lists step-10000 first
     result = CliRunner().invoke(app, ["average", *paths, "-o", str(tmp_path / "avg.pt")])
     assert result.exit_code == 0, result.output
     assert checkpoint.load(tmp_path / "avg.pt").info["averaged"] == paths
+    assert "averaged 2 checkpoints (steps 1, 2) into" in result.stderr
