@@ -38,6 +38,7 @@ def measure_ours(args: argparse.Namespace) -> dict:
     from seq2seq.data import collate, encode_pairs, plan_batches
     from seq2seq.optim import build_optimizer
     from seq2seq.textio import read_lines
+    from seq2seq.timebatched import swap_in_step_linears
     from seq2seq.tokenizer import train_tokenizers
     from seq2seq.training import update
 
@@ -53,6 +54,8 @@ def measure_ours(args: argparse.Namespace) -> dict:
     torch.manual_seed(cfg.train.seed)
     plan = plan_batches(examples, batch_tokens=cfg.train.batch_tokens, generator=torch.Generator().manual_seed(1))
     model = checkpoint.build_model(cfg, tokenizers).train()
+    if not args.plain_steps:
+        swap_in_step_linears(model)  # as `seq2seq train` does
     optimizer = build_optimizer(model.parameters(), cfg.train)
     batches = iter(plan)
 
@@ -114,6 +117,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=25)
     parser.add_argument("--steps", type=int, default=25, help="updates per timed window")
     parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--plain-steps", action="store_true", help="train without seq2seq.timebatched (the "
+                        "per-step layers' weight gradients step by step, as before it)")
     parser.add_argument("--peer", action="store_true", help="also measure OpenNMT-py (set up by ../shared/bench/peers)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -124,6 +129,7 @@ def main() -> None:
     for precision in args.precision:
         command = [sys.executable, __file__, "--child", "--data", str(args.data), "--precision", precision,
                    "--warmup", str(args.warmup), "--steps", str(args.steps), "--windows", str(args.windows)]
+        command += ["--plain-steps"] if args.plain_steps else []
         if args.tokenizers_from:
             command += ["--tokenizers-from", str(args.tokenizers_from)]
         done = _timed(command)

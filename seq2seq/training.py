@@ -12,6 +12,9 @@ A step is one update. With train.accumulate = N, a planned batch holds N times t
 rank), and each rank cuts its share into N micro-batches, whose gradients add up before the one optimizer
 step: the update of one process on the whole batch, with the memory of a batch N times smaller. With
 train.ema_decay, validation and the checkpoints use a moving average of the weights (`seq2seq.ema`).
+
+The decoder's per-step layers compute their weight gradients once per batch (`seq2seq.timebatched`, swapped in
+here): the same numbers, fewer and larger products.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from seq2seq.optim import LearningRate, build_optimizer
 from seq2seq.runfolder import LoopState, RunFolder
 from seq2seq.startup import start_run
 from seq2seq.subwords import SampledPairs
+from seq2seq.timebatched import swap_in_step_linears
 from seq2seq.tokenizer import PAD_ID, TokenizerCache, Tokenizers
 from seq2seq.translator import Translator
 # Why a step may end the run, least urgent first; ranks that disagree (their clocks, their signals) take the
@@ -113,8 +117,10 @@ def _train(
 ) -> Finished:
     begun = start_run(cfg, folder, world, overwrite=overwrite, resume=resume, report=report, tokenizer_cache=tokenizer_cache)
     resumed, model = begun.resumed, begun.model
-    # Validation's translator is made before DDP wraps the model: it may swap layers (same parameters) in.
+    # Validation's translator is made before DDP wraps the model: it may swap layers (same parameters) in, and so
+    # may training, after it (`seq2seq.timebatched`).
     translator = Translator(model, begun.tokenizers, replace(cfg.search, beam_size=1, quantize="none"), device=world.device)
+    swap_in_step_linears(model)
     # Before DDP copies rank 0's weights to the others: a resumed average puts the trained weights back in the model.
     average = WeightAverage(model, cfg.train.ema_decay, resumed.checkpoint.training["ema"] if resumed else None) \
         if cfg.train.ema_decay else None

@@ -195,4 +195,4 @@ def test_every_shipped_recipe_loads_strictly_and_names_itself_in_its_command(rec
 
 
 def test_the_recipes_folder_holds_the_default_and_the_longer_runs() -> None:
-    assert {"cmudict.toml", "cmudict-90min.toml", "multi30k.toml"} <= {path.name for path in RECIPES}
+    assert {"cmudict.toml", "cmudict-90min.toml", "multi30k.toml", "multi30k-15min.toml"} <= {path.name for path in RECIPES}
