@@ -23,6 +23,7 @@ from seq2seq.checkpoint import TrainedModel
 from seq2seq.optim import build_optimizer
 from seq2seq.runfolder import RunFolder
 from seq2seq.startup import start_run
+from seq2seq.timebatched import swap_in_step_linears
 from seq2seq.tokenizer import UNK_ID, Tokenizer, TokenizerCache
 from seq2seq.training import epoch_plan, split, update
 
@@ -107,7 +108,7 @@ def _time_updates(
     by_cost = sorted(plan, key=cost)
     count = min(count, len(by_cost))
     chosen = [by_cost[round(k * (len(by_cost) - 1) / max(count - 1, 1))] for k in range(count)]
-    model.train()
+    swap_in_step_linears(model).train()  # as training does
     optimizer = build_optimizer(model.parameters(), settings)
     update(model, optimizer, split([examples[i] for i in by_cost[len(by_cost) // 2]], settings, world)[0], settings)
     start = time.perf_counter()

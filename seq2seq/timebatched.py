@@ -7,8 +7,9 @@ hundred rows each (the step's output gradient G_t by its input X_t) and adds eac
 bf16 that sum is even kept in bf16, since autocast casts the weight once and autograd adds up the gradients
 reaching the cast in its dtype. `StepLinear` hands each step's (G_t, X_t) to a stash instead, and once the
 backward pass has gone through every step, the weight's gradient is one product,
-sum_t G_t^T X_t = [G_1; ...; G_T]^T [X_1; ...; X_T], and the bias's one sum. The gradients of the inputs, and so everything flowing back through time, are
-computed as before; the model's numbers do not change (up to rounding).
+sum_t G_t^T X_t = [G_1; ...; G_T]^T [X_1; ...; X_T], and the bias's one sum. The gradients of the inputs,
+and so everything flowing back through time, are computed as before. The gradients are the same sums: in
+fp32 equal up to rounding, in bf16 closer to fp32's (one product accumulates in fp32).
 
 How autograd is brought to run that product last: the weight (cast once to autocast's dtype) enters the
 steps through `_Shared`, a node every step takes an input from, so autograd runs its backward only after
