@@ -75,7 +75,7 @@ class _Step(Function):
         x, weight = ctx.saved_tensors
         ctx.stash.grads.append(grad.reshape(-1, grad.size(-1)))
         ctx.stash.inputs.append(x.reshape(-1, x.size(-1)))
-        return (grad @ weight).to(ctx.input_dtype), None, None, *([None] * (len(ctx.needs_input_grad) - 3))
+        return (grad @ weight).to(ctx.input_dtype), None, None, None  # x, stash, weight, bias (if any)
 
 
 class StepLinear(nn.Linear):
