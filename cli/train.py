@@ -56,6 +56,7 @@ def train(
     max_steps: Annotated[int | None, Opt(help="Stop after this many updates (0 = no limit).", rich_help_panel="Training")] = None,
     max_time: Annotated[float | None, Opt(help="Stop after this many minutes (0 = no limit).", rich_help_panel="Training")] = None,
     valid_every: Annotated[int | None, Opt(help="Validate every N updates.", rich_help_panel="Training")] = None,
+    valid_beam: Annotated[int | None, Opt(help="Beam size of validation's translations: 1 = greedy (quickest), 5 = what translate searches. [default: 1]", show_default=False, rich_help_panel="Training")] = None,
     select_metric: Annotated[str | None, Opt(help="The validation score that picks best.pt: bleu, chrf, ter, wer, cer, exact or loss. [default: bleu]", show_default=False, rich_help_panel="Training")] = None,
     seed: Annotated[int | None, Opt(help="Random seed (weights, batch order, dropout).", rich_help_panel="Training")] = None,
     precision: Annotated[str | None, Opt(help="fp32, or bf16 (autocast; weights and updates stay fp32).", rich_help_panel="Training")] = None,
@@ -77,7 +78,7 @@ def train(
             "tokenizer.joint": None if separate_vocab is None else not separate_vocab,
             "model.emb_dim": emb_dim, "model.hidden_dim": hidden_dim, "model.layers": layers,
             "train.batch_tokens": batch_tokens, "train.max_steps": max_steps, "train.max_time": max_time,
-            "train.valid_every": valid_every, "train.select_metric": select_metric, "train.seed": seed, "train.precision": precision,
+            "train.valid_every": valid_every, "train.valid_beam": valid_beam, "train.select_metric": select_metric, "train.seed": seed, "train.precision": precision,
             "train.device": device, "train.init_from": init_from,
         }
         chosen: dict[str, Any] = dict(seq2seq.parse_override(text) for text in overrides or [])

@@ -87,7 +87,9 @@ class TrainConfig:
                                        # after every update (0 = off; e.g. 0.999)
     max_steps: int = 20000             # stop after this many updates (0 = no limit)
     max_time: float = 0.0              # stop after this many minutes of wall clock (0 = no limit)
-    valid_every: int = 500             # validate (loss, perplexity, greedy search's scores) every N updates
+    valid_every: int = 500             # validate (loss, perplexity, the translations' scores) every N updates
+    valid_beam: int = 1                # beam size of validation's translations: 1 = greedy (quickest); wider picks best.pt
+                                       # by the search translate will run, at about that many times the translating time
     log_every: int = 50                # report loss, gradient norm and speed every N updates
     max_nonfinite: int = 5             # stop after this many updates in a row skipped for a NaN/inf loss or gradient
     threads: int = 0                   # torch intra-op threads; 0 = torch's choice on an idle machine, fewer while
@@ -227,6 +229,7 @@ RANGES: dict[str, Range] = {  # every numeric setting's range
     "train.max_steps": AT_LEAST_0,
     "train.max_time": AT_LEAST_0,
     "train.valid_every": AT_LEAST_1,
+    "train.valid_beam": AT_LEAST_1,
     "train.log_every": AT_LEAST_1,
     "train.max_nonfinite": AT_LEAST_1,
     "train.threads": AT_LEAST_0,

@@ -69,7 +69,7 @@ class Validated:
     step: int
     loss: float                    # cross-entropy per target token (no label smoothing)
     perplexity: float
-    scores: dict[str, float]       # train.valid_metrics of the greedy, detokenized outputs: "bleu" -> 23.4, "wer" -> ...
+    scores: dict[str, float]       # train.valid_metrics of the detokenized outputs: "bleu" -> 23.4, "wer" -> ...
     signatures: dict[str, str]     # each metric's signature (what was counted, sacrebleu's version)
     metric: str                    # train.select_metric: what `is_best` compares
     is_best: bool

@@ -52,7 +52,7 @@ class TrainingPreview:
 
     @property
     def seconds_per_epoch(self) -> float:
-        """Updates only: validation (loss and greedy BLEU) comes on top, every train.valid_every updates."""
+        """Updates only: validation (loss and the translations' scores) comes on top, every train.valid_every updates."""
         return self.seconds_per_update * self.batches_per_epoch
 
 

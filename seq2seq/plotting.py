@@ -24,7 +24,7 @@ DPI = 100  # pixels per inch: a width of 1200 px is a 12-inch figure
 PANELS = (
     ("loss per target token", "linear", (("train_loss", "training"), ("valid_loss", "validation"))),
     ("validation perplexity", "log", (("valid_ppl", "validation"),)),
-    ("validation BLEU / chrF", "linear", (("valid_bleu", "BLEU, greedy, sacreBLEU"), ("valid_chrf", "chrF"))),
+    ("validation BLEU / chrF", "linear", (("valid_bleu", "BLEU, sacreBLEU"), ("valid_chrf", "chrF"))),
     ("validation error rate, %", "linear", (("valid_wer", "WER"), ("valid_cer", "CER"), ("valid_ter", "TER"))),
     ("validation exact match, %", "linear", (("valid_exact", "exact"),)),
 )

@@ -66,7 +66,7 @@ class _Run:
     tokenizers: Tokenizers
     model: TrainedModel   # what is validated and saved: never wrapped
     network: nn.Module    # what the training forward goes through: the model, or DDP around it
-    translator: Translator  # greedy search with the model, for the validation scores
+    translator: Translator  # the model's search at train.valid_beam, for the validation scores
     optimizer: torch.optim.Optimizer
     rate: LearningRate
     examples: Examples
@@ -119,7 +119,8 @@ def _train(
     resumed, model = begun.resumed, begun.model
     # Validation's translator is made before DDP wraps the model: it may swap layers (same parameters) in, and so
     # may training, after it (`seq2seq.timebatched`).
-    translator = Translator(model, begun.tokenizers, replace(cfg.search, beam_size=1, quantize="none"), device=world.device)
+    translator = Translator(model, begun.tokenizers, replace(cfg.search, beam_size=cfg.train.valid_beam, quantize="none"),
+                            device=world.device)
     swap_in_step_linears(model)
     # Before DDP copies rank 0's weights to the others: a resumed average puts the trained weights back in the model.
     average = WeightAverage(model, cfg.train.ema_decay, resumed.checkpoint.training["ema"] if resumed else None) \
@@ -362,8 +363,8 @@ class _Window:
 
 
 def _validate(run: _Run, state: LoopState) -> tuple[Validated, list[str]]:
-    """Loss and perplexity by teacher forcing; train.valid_metrics of greedy translations against the raw
-    references. Also returns the translations."""
+    """Loss and perplexity by teacher forcing; train.valid_metrics of the translations (beam train.valid_beam)
+    against the raw references. Also returns the translations."""
     model = run.model
     model.eval()
     loss_sum, tokens = 0.0, 0

@@ -87,6 +87,20 @@ def test_each_validation_writes_its_outputs_and_shows_three_examples(config: Con
     assert (tmp_path / "best.valid.txt").exists()
 
 
+def test_validation_searches_at_train_valid_beam_as_translate_does(config: Config, tmp_path: Path) -> None:
+    """best.pt is picked by the search users run: each validation's outputs are translate's at train.valid_beam."""
+    from seq2seq.translator import load
+
+    # a rate too small to train: the untrained outputs run to the length limit, where greedy and beam search part
+    training.train(with_train(config, lr=1e-9, max_steps=1, valid_beam=4), tmp_path)
+    sources = Path(config.data.valid_source).read_text(encoding="utf-8").splitlines()
+    outputs = (tmp_path / "last.valid.txt").read_text(encoding="utf-8").splitlines()
+    last = load(tmp_path / "last.pt", device="cpu")
+    greedy = [best.text for best, *_ in last.translate(sources, beam_size=1)]
+    assert outputs == [best.text for best, *_ in last.translate(sources, beam_size=4)]
+    assert outputs != greedy, "a model whose greedy and beam outputs agree cannot tell the two searches apart"
+
+
 def test_an_empty_validation_reference_is_refused_before_training_when_selecting_by_wer(
     config: Config, tmp_path: Path,
 ) -> None:
